@@ -1,0 +1,93 @@
+//! Topic administration: creating the saga's topics and checking co-partitioning.
+
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use thiserror::Error;
+
+use crate::config::Config;
+use crate::topics;
+
+#[derive(Debug, Error)]
+pub enum AdminError {
+    #[error("kafka admin: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("topic {topic}: {code}")]
+    Topic { topic: String, code: RDKafkaErrorCode },
+    #[error("topic {0} does not exist")]
+    Missing(String),
+    #[error(
+        "input topics are not co-partitioned: {0}; every input topic needs the same partition count"
+    )]
+    NotCoPartitioned(String),
+}
+
+fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaError> {
+    let mut c = rdkafka::ClientConfig::new();
+    c.set("bootstrap.servers", &config.bootstrap);
+    c.create()
+}
+
+/// Creates `names` with `partitions` partitions each, leaving existing topics as they are.
+/// `order-status` is created compacted, since it is the changelog of the saga state.
+pub async fn create_topics(
+    config: &Config,
+    names: &[&str],
+    partitions: i32,
+) -> Result<(), AdminError> {
+    let client = admin(config)?;
+    let new: Vec<NewTopic> = names
+        .iter()
+        .map(|name| {
+            let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+            if *name == topics::ORDER_STATUS || name.ends_with(topics::ORDER_STATUS) {
+                t.set("cleanup.policy", "compact")
+            } else {
+                t
+            }
+        })
+        .collect();
+    let opts = AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)));
+    for result in client.create_topics(new.iter(), &opts).await? {
+        match result {
+            Ok(_) => {}
+            Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
+        }
+    }
+    Ok(())
+}
+
+/// The partition count of each of `names`, failing on a missing topic.
+pub fn partition_counts(config: &Config, names: &[&str]) -> Result<Vec<i32>, AdminError> {
+    use rdkafka::consumer::{BaseConsumer, Consumer};
+    let consumer: BaseConsumer = crate::kafka::clients::assigned_reader(config, "order-saga-meta").create()?;
+    let mut counts = Vec::with_capacity(names.len());
+    for name in names {
+        let md = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
+        let topic = md.topics().first().ok_or_else(|| AdminError::Missing(name.to_string()))?;
+        if topic.error().is_some() || topic.partitions().is_empty() {
+            return Err(AdminError::Missing(name.to_string()));
+        }
+        counts.push(topic.partitions().len() as i32);
+    }
+    Ok(counts)
+}
+
+/// Fails unless every topic in `names` has the same partition count; returns it.
+pub fn check_co_partitioned(config: &Config, names: &[&str]) -> Result<i32, AdminError> {
+    let counts = partition_counts(config, names)?;
+    let first = counts.first().copied().unwrap_or(0);
+    if counts.iter().any(|c| *c != first) {
+        let listing = names
+            .iter()
+            .zip(&counts)
+            .map(|(n, c)| format!("{n}={c}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        return Err(AdminError::NotCoPartitioned(listing));
+    }
+    Ok(first)
+}

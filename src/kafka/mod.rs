@@ -1,0 +1,8 @@
+//! Kafka plumbing shared by every command: client settings, error classification, and
+//! topic administration.
+
+pub mod admin;
+pub mod classify;
+pub mod clients;
+
+pub use classify::{classify, ErrorClass};

@@ -1,0 +1,37 @@
+//! order-saga: a Kafka Streams-style, exactly-once order saga processor.
+//!
+//! # Layout
+//!
+//! - [`saga`]: the business rules as a pure state machine, `decide(state, event, now)`.
+//!   No I/O, no clock, no async.
+//! - [`topics`]: the fixed topic names and which step each belongs to.
+//! - [`contracts`]: the Avro records of every topic, the schema-registry wire format, and
+//!   registering and checking the schemas.
+//! - [`config`]: the one configuration type, from flags and environment, validated at
+//!   start-up.
+//! - [`kafka`]: client settings, the classification of Kafka errors into retry / abort /
+//!   fatal, and topic administration.
+//! - [`processor`]: the exactly-once transaction loop: consume, decide, produce, commit;
+//!   state restore from the changelog, rebalances, dead letters.
+//! - [`sink`]: the exactly-once PostgreSQL sink of `order-status`.
+//! - [`db`]: PostgreSQL connections and migrations.
+//! - [`report`]: reading orders and summaries back from PostgreSQL.
+//! - [`simulate`] and [`load`]: the downstream services and an upstream load, for the
+//!   main job, tests and benchmarks.
+//! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
+//!   [`retry`]: backoff.
+
+pub mod cli;
+pub mod config;
+pub mod contracts;
+pub mod db;
+pub mod kafka;
+pub mod load;
+pub mod processor;
+pub mod report;
+pub mod retry;
+pub mod saga;
+pub mod signals;
+pub mod simulate;
+pub mod sink;
+pub mod topics;

@@ -1,0 +1,52 @@
+//! Counters of the processor, logged at an interval and at shutdown.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use tracing::info;
+
+use crate::saga::Status;
+
+/// Monotonic counters. Relaxed ordering: they are read only for logging.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub records_in: AtomicU64,
+    pub records_out: AtomicU64,
+    pub transactions_committed: AtomicU64,
+    pub transactions_aborted: AtomicU64,
+    pub dlq_records: AtomicU64,
+    pub ignored_events: AtomicU64,
+    pub compensations: AtomicU64,
+    pub state_changes: AtomicU64,
+    pub restored_orders: AtomicU64,
+    pub evicted_orders: AtomicU64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Relaxed);
+    }
+
+    /// Logs the counters and the orders in memory per status.
+    pub fn log(&self, what: &str, in_memory: &BTreeMap<Status, u64>) {
+        let per_status: String = in_memory
+            .iter()
+            .map(|(s, n)| format!("{}={n}", s.as_str()))
+            .collect::<Vec<_>>()
+            .join(" ");
+        info!(
+            records_in = self.records_in.load(Relaxed),
+            records_out = self.records_out.load(Relaxed),
+            txn_committed = self.transactions_committed.load(Relaxed),
+            txn_aborted = self.transactions_aborted.load(Relaxed),
+            dlq = self.dlq_records.load(Relaxed),
+            ignored = self.ignored_events.load(Relaxed),
+            compensations = self.compensations.load(Relaxed),
+            state_changes = self.state_changes.load(Relaxed),
+            restored = self.restored_orders.load(Relaxed),
+            evicted = self.evicted_orders.load(Relaxed),
+            in_memory = %per_status,
+            "{what}"
+        );
+    }
+}

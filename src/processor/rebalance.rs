@@ -1,0 +1,76 @@
+//! Rebalance tracking for the processor's consumer.
+//!
+//! librdkafka runs the rebalance callbacks inside `poll`. All they do here is pause newly
+//! assigned partitions, so that no record of a partition is processed before its state is
+//! restored, and queue the event for the transaction loop, which acts on it when `poll`
+//! returns.
+
+use std::collections::BTreeSet;
+use std::sync::Mutex;
+
+use rdkafka::consumer::{BaseConsumer, Consumer, ConsumerContext, Rebalance};
+use rdkafka::ClientContext;
+use tracing::{info, warn};
+
+/// A change of the consumer's assignment, by partition number.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RebalanceEvent {
+    Revoked(BTreeSet<i32>),
+    Assigned(BTreeSet<i32>),
+    /// The rebalance failed; the group will try again.
+    Failed(String),
+}
+
+#[derive(Default)]
+pub struct RebalanceTracker {
+    events: Mutex<Vec<RebalanceEvent>>,
+}
+
+impl RebalanceTracker {
+    /// Events since the last call, oldest first.
+    pub fn take(&self) -> Vec<RebalanceEvent> {
+        match self.events.lock() {
+            Ok(mut e) => std::mem::take(&mut *e),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    fn push(&self, event: RebalanceEvent) {
+        match self.events.lock() {
+            Ok(mut e) => e.push(event),
+            Err(poisoned) => poisoned.into_inner().push(event),
+        }
+    }
+}
+
+impl ClientContext for RebalanceTracker {}
+
+impl ConsumerContext for RebalanceTracker {
+    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        if let Rebalance::Revoke(tpl) = rebalance {
+            let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+            info!(partitions = ?parts, "partitions revoked");
+            self.push(RebalanceEvent::Revoked(parts));
+        }
+    }
+
+    fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+        match rebalance {
+            Rebalance::Assign(tpl) => {
+                let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
+                if let Err(e) = consumer.pause(tpl) {
+                    // The loop restores and resumes regardless; an unpaused partition is
+                    // caught there because its store is not yet marked ready.
+                    warn!(error = %e, "could not pause newly assigned partitions");
+                }
+                info!(partitions = ?parts, "partitions assigned");
+                self.push(RebalanceEvent::Assigned(parts));
+            }
+            Rebalance::Revoke(_) => {}
+            Rebalance::Error(e) => {
+                warn!(error = %e, "rebalance failed");
+                self.push(RebalanceEvent::Failed(e.to_string()));
+            }
+        }
+    }
+}

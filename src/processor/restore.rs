@@ -1,0 +1,121 @@
+//! Restoring a partition's saga state from its `order-status` changelog partition.
+//!
+//! The changelog is compacted and keyed by order id; the last record of a key is the
+//! order's state. Reading with read_committed up to the end (librdkafka reports the end
+//! at the last stable offset) sees exactly the committed transactions.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::KafkaError;
+use rdkafka::message::Message;
+use rdkafka::{Offset, TopicPartitionList};
+use thiserror::Error;
+use tracing::{info, warn};
+
+use super::store::PartitionStore;
+use super::{now_millis, wire, Context};
+use crate::kafka::clients;
+use crate::saga::{Millis, OrderState};
+use crate::topics::{self, Topics};
+
+#[derive(Debug, Error)]
+pub enum RestoreError {
+    #[error("kafka: {0}")]
+    Kafka(#[from] KafkaError),
+    #[error("registry unreachable while decoding the changelog: {0}")]
+    Registry(String),
+    #[error("shutdown requested during restore")]
+    Interrupted,
+}
+
+/// Reads `partitions` of `order-status` to their end and returns a store per partition.
+///
+/// Terminal orders older than the retention are skipped, so memory after a restore is
+/// bounded like memory after eviction. A changelog record that cannot be decoded is
+/// logged and skipped: it was written by us, and refusing to start would stop every
+/// order of the partition for the sake of one.
+pub fn restore(
+    ctx: &Context,
+    topics: &Topics,
+    partitions: &BTreeSet<i32>,
+    stop: &AtomicBool,
+) -> Result<BTreeMap<i32, PartitionStore>, RestoreError> {
+    let started = Instant::now();
+    let topic = topics.name(topics::ORDER_STATUS);
+    let mut cfg = clients::assigned_reader(&ctx.config, &format!("{}-restore", ctx.config.transactional_id()));
+    cfg.set("enable.partition.eof", "true");
+    let consumer: BaseConsumer = cfg.create()?;
+
+    let mut pending: BTreeSet<i32> = BTreeSet::new();
+    let mut tpl = TopicPartitionList::new();
+    for p in partitions {
+        let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(30))?;
+        if high > low {
+            tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+            pending.insert(*p);
+        }
+    }
+    let mut latest: BTreeMap<i32, HashMap<String, OrderState>> =
+        partitions.iter().map(|p| (*p, HashMap::new())).collect();
+    let mut records = 0u64;
+    if !pending.is_empty() {
+        consumer.assign(&tpl)?;
+    }
+    while !pending.is_empty() {
+        if stop.load(Ordering::SeqCst) {
+            return Err(RestoreError::Interrupted);
+        }
+        match consumer.poll(Duration::from_millis(500)) {
+            None => {}
+            Some(Err(KafkaError::PartitionEOF(p))) => {
+                pending.remove(&p);
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "error while restoring; continuing");
+            }
+            Some(Ok(msg)) => {
+                records += 1;
+                let Some(payload) = msg.payload() else { continue };
+                match ctx.runtime.block_on(wire::decode_status(&ctx.codec, payload)) {
+                    Ok(Some(state)) => {
+                        if let Some(map) = latest.get_mut(&msg.partition()) {
+                            map.insert(state.order_id.clone(), state);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.is_transient() => return Err(RestoreError::Registry(e.to_string())),
+                    Err(e) => {
+                        warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record skipped");
+                    }
+                }
+            }
+        }
+    }
+    let older_than: Millis = now_millis() - ctx.config.state_retention_ms as Millis;
+    let mut stores = BTreeMap::new();
+    let mut orders = 0usize;
+    for (p, map) in latest {
+        let mut store = PartitionStore::default();
+        for (_, state) in map {
+            let expired = state.is_terminal() && state.next_deadline().is_none() && state.updated_at < older_than;
+            if !expired {
+                store.restore(state);
+            }
+        }
+        orders += store.len();
+        stores.insert(p, store);
+    }
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        partitions = ?partitions,
+        records,
+        orders,
+        seconds = secs,
+        records_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 },
+        "state restored"
+    );
+    Ok(stores)
+}

@@ -1,0 +1,41 @@
+//! The order saga: pure decision logic with no I/O.
+//!
+//! The core is [`decide`] (or [`Policy::decide`]): given an order's current state (if
+//! any), one event and the current time, it returns a [`Decision`]: apply a new
+//! [`OrderState`] and emit [`Command`]s, ignore the event, or reject it to the dead-letter
+//! topic. It reads no clock, touches no network and imports nothing from tokio, rdkafka
+//! or tokio-postgres, so every rule can be tested without a broker.
+//!
+//! - [`model`]: the vocabulary (statuses, steps, actions, events, commands).
+//! - [`state`]: the per-order state, the changelog record of the saga.
+//! - [`policy`]: deadlines, retries, backoff and currencies.
+//! - [`validate`]: cart validation of a new order.
+//! - [`ids`]: deterministic command ids.
+//! - [`decide`](mod@decide): the transition rules; its module docs record the decisions
+//!   DESIGN.md leaves open (timeouts are retried, late results, manual action).
+//!
+//! The transition table in README.md (between the `saga-table` markers) is checked
+//! against this code by a test.
+
+pub mod decide;
+pub mod ids;
+pub mod model;
+pub mod policy;
+pub mod state;
+pub mod validate;
+
+pub use decide::{decide, Decision, IgnoreReason, RejectReason, MANUAL_ACTION_NEEDED};
+pub use ids::{command_id, COMMAND_ID_NAMESPACE};
+pub use model::*;
+pub use policy::Policy;
+pub use state::{CancelRefusal, Fate, IssuedCommand, OrderState, Phase, StatusTime, Task};
+pub use validate::{validate_order, InvalidOrder};
+
+#[cfg(test)]
+mod model_test;
+#[cfg(test)]
+mod table_test;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
