@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures::stream::FuturesUnordered;
-use futures::StreamExt as _;
+use futures::{FutureExt as _, StreamExt as _};
 use rdkafka::consumer::{CommitMode, Consumer as _, StreamConsumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{BorrowedMessage, Message as _};
@@ -62,6 +62,9 @@ const FLUSH_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// How long to wait before retrying when the producer's local queue is full.
 const QUEUE_FULL_BACKOFF: Duration = Duration::from_millis(5);
+
+/// Commands handled per turn of the main loop at most.
+const RECV_BATCH: usize = 512;
 
 /// Attempts to decode a command while the registry is unreachable, before skipping it.
 const DECODE_ATTEMPTS: u32 = 8;
@@ -689,9 +692,12 @@ impl Simulator {
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     record = back;
                     // Let deliveries complete; the queue drains as they do.
-                    match tokio::time::timeout(QUEUE_FULL_BACKOFF, self.in_flight.next()).await {
-                        Ok(Some(done)) => self.account(done),
-                        Ok(None) | Err(_) => {}
+                    if self.in_flight.is_empty() {
+                        tokio::time::sleep(QUEUE_FULL_BACKOFF).await;
+                    } else if let Ok(Some(done)) =
+                        tokio::time::timeout(QUEUE_FULL_BACKOFF, self.in_flight.next()).await
+                    {
+                        self.account(done);
                     }
                 }
                 Err((e, _)) => {
@@ -700,6 +706,13 @@ impl Simulator {
                     return;
                 }
             }
+        }
+    }
+
+    /// Accounts for every delivery that has already finished, without waiting.
+    fn reap(&mut self) {
+        while let Some(Some(done)) = self.in_flight.next().now_or_never() {
+            self.account(done);
         }
     }
 
@@ -867,26 +880,43 @@ pub async fn run(
         tokio::select! {
             biased;
             () = &mut shutdown => break,
-            Some(done) = sim.in_flight.next(), if !sim.in_flight.is_empty() => sim.account(done),
-            () = wake_at(wake) => sim.release_due().await,
-            received = consumer.recv() => match received {
-                Ok(message) => {
-                    handle_message(&mut sim, &message).await;
-                    if let Err(e) = consumer.store_offset_from_message(&message) {
-                        warn!(error = %e, topic = message.topic(), partition = message.partition(), "cannot store the offset");
-                    }
-                }
-                Err(e) => {
-                    recv_errors += 1;
-                    warn!(error = %e, errors = recv_errors, "consumer error");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
             _ = stats.tick() => {
                 if sim.counters != last_logged {
                     sim.log_progress("simulator progress");
                     last_logged = sim.counters.clone();
                 }
+            }
+            Some(done) = sim.in_flight.next(), if !sim.in_flight.is_empty() => {
+                sim.account(done);
+                sim.reap();
+            }
+            () = wake_at(wake) => sim.release_due().await,
+            received = consumer.recv() => {
+                let mut received = Some(received);
+                let mut batch = 0;
+                // Take what is already fetched in one go, up to a bound, so the other
+                // branches still get their turn under a constant stream of commands.
+                while let Some(next) = received.take() {
+                    match next {
+                        Ok(message) => {
+                            handle_message(&mut sim, &message).await;
+                            if let Err(e) = consumer.store_offset_from_message(&message) {
+                                warn!(error = %e, topic = message.topic(), partition = message.partition(), "cannot store the offset");
+                            }
+                        }
+                        Err(e) => {
+                            recv_errors += 1;
+                            warn!(error = %e, errors = recv_errors, "consumer error");
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                            break;
+                        }
+                    }
+                    batch += 1;
+                    if batch < RECV_BATCH {
+                        received = consumer.recv().now_or_never();
+                    }
+                }
+                sim.reap();
             }
         }
     }

@@ -208,12 +208,12 @@ pub fn decode_datum<T: DeserializeOwned>(
     reader: &LocalSchema,
     datum: &[u8],
 ) -> Result<T, CodecError> {
-    let datum_reader = GenericDatumReader::builder(writer)
-        .build()
-        .map_err(|e| CodecError::InvalidWriterSchema {
+    let datum_reader = GenericDatumReader::builder(writer).build().map_err(|e| {
+        CodecError::InvalidWriterSchema {
             id: writer_id,
             reason: e.to_string(),
-        })?;
+        }
+    })?;
     let same = writer == reader.schema();
     read_datum(&datum_reader, writer_id, reader, !same, datum)
 }
@@ -269,8 +269,9 @@ static WRITERS: LazyLock<WriterCache> = LazyLock::new(WriterCache::default);
 
 fn prepare_writer(id: u32, text: &str) -> Result<&'static WriterSchema, CodecError> {
     let invalid = |reason: String| CodecError::InvalidWriterSchema { id, reason };
-    let schema: &'static Schema =
-        Box::leak(Box::new(Schema::parse_str(text).map_err(|e| invalid(e.to_string()))?));
+    let schema: &'static Schema = Box::leak(Box::new(
+        Schema::parse_str(text).map_err(|e| invalid(e.to_string()))?,
+    ));
     let reader = GenericDatumReader::builder(schema)
         .build()
         .map_err(|e| invalid(e.to_string()))?;
@@ -471,7 +472,11 @@ impl Codec {
     }
 
     /// Encodes `record` as a value of `topic` in the wire format.
-    pub async fn encode<T: Serialize>(&self, topic: &str, record: &T) -> Result<Vec<u8>, CodecError> {
+    pub async fn encode<T: Serialize>(
+        &self,
+        topic: &str,
+        record: &T,
+    ) -> Result<Vec<u8>, CodecError> {
         let local = self.local(topic)?;
         let id = self.schema_id(local).await?;
         encode_with_id(local, id, record)
@@ -479,7 +484,11 @@ impl Codec {
 
     /// Decodes a wire-format value of `topic` into `T`, resolving the writer's schema to
     /// our local one.
-    pub async fn decode<T: DeserializeOwned>(&self, topic: &str, bytes: &[u8]) -> Result<T, CodecError> {
+    pub async fn decode<T: DeserializeOwned>(
+        &self,
+        topic: &str,
+        bytes: &[u8],
+    ) -> Result<T, CodecError> {
         let local = self.local(topic)?;
         let (id, datum) = wire::unframe(bytes)?;
         let plan = self.plan(id, local).await?;
@@ -604,9 +613,7 @@ mod tests {
                 CommandRecord::Inventory(c) => round_trip(topics::INVENTORY_RESERVE_REQUEST, &c),
                 CommandRecord::Payment(c) => round_trip(topics::PAYMENT_PROCESS_REQUEST, &c),
                 CommandRecord::Shipping(c) => round_trip(topics::SHIPPING_SCHEDULE_REQUEST, &c),
-                CommandRecord::Notification(c) => {
-                    round_trip(topics::NOTIFICATION_SEND_REQUEST, &c)
-                }
+                CommandRecord::Notification(c) => round_trip(topics::NOTIFICATION_SEND_REQUEST, &c),
             }
         }
         for action in Action::ALL {
@@ -867,7 +874,9 @@ mod tests {
         ];
         for e in &errors {
             assert!(
-                e.kind().bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                e.kind()
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b == b'_'),
                 "{}",
                 e.kind()
             );
@@ -908,7 +917,11 @@ mod tests {
                         if let Some(end) = text.find("\r\n\r\n") {
                             let length = text
                                 .lines()
-                                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0)))
+                                .find_map(|l| {
+                                    l.to_ascii_lowercase()
+                                        .strip_prefix("content-length:")
+                                        .map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                                })
                                 .unwrap_or(0);
                             if request.len() >= end + 4 + length {
                                 break;
@@ -926,7 +939,11 @@ mod tests {
                     } else {
                         String::new()
                     };
-                    let status = if body.is_empty() { "404 Not Found" } else { "200 OK" };
+                    let status = if body.is_empty() {
+                        "404 Not Found"
+                    } else {
+                        "200 OK"
+                    };
                     let body = if body.is_empty() {
                         r#"{"error_code":40403,"message":"not found"}"#.to_owned()
                     } else {
@@ -995,7 +1012,10 @@ mod tests {
             .await
             .unwrap_err();
         assert!(err.is_transient(), "{err}");
-        let err = codec.decode::<OrderCreate>("order-dlq", &[0, 0, 0, 0, 1]).await.unwrap_err();
+        let err = codec
+            .decode::<OrderCreate>("order-dlq", &[0, 0, 0, 0, 1])
+            .await
+            .unwrap_err();
         assert_eq!(err.kind(), "unknown_topic");
     }
 }

@@ -9,6 +9,7 @@
 //! - [`codec`]: [`Codec`], which encodes with our schema under its registry id and decodes
 //!   with the writer's schema resolved to ours; [`CodecError`] says whether a failure is
 //!   the record's fault (dead-letter), transient (retry) or neither (stop).
+//! - [`compat`]: plain-words reasons why a new schema cannot read old data.
 //! - [`registry`]: [`RegistryClient`] for the Confluent-compatible API (Apicurio serves it
 //!   at `/apis/ccompat/v7`), with [`register_all`] and [`check_all`] behind
 //!   `order-saga schemas register` and `order-saga schemas check`.
@@ -22,6 +23,7 @@
 //! conversions here reject as an invalid field).
 
 pub mod codec;
+pub mod compat;
 pub mod records;
 pub mod registry;
 pub mod schemas;

@@ -715,7 +715,11 @@ mod tests {
             panic!("not a notification command")
         };
         assert_eq!(n.status, "SHIPPING_SCHEDULED");
-        assert!(n.message.contains("scheduled for shipping"), "{}", n.message);
+        assert!(
+            n.message.contains("scheduled for shipping"),
+            "{}",
+            n.message
+        );
     }
 
     #[test]

@@ -6,7 +6,6 @@
 
 use std::time::Duration;
 
-use apache_avro::schema_compatibility::{Compatibility, SchemaCompatibility};
 use apache_avro::Schema;
 use reqwest::header::{HeaderValue, ACCEPT, CONTENT_TYPE};
 use reqwest::{Method, StatusCode, Url};
@@ -14,6 +13,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::json;
 
+use super::compat::backward_problems;
 use super::schemas::{SchemaError, Schemas};
 
 /// The compatibility level every subject of ours gets: a new schema must read data
@@ -360,7 +360,11 @@ impl RegistryClient {
     }
 
     /// The schema text of one version of `subject`.
-    pub async fn version_schema(&self, subject: &str, version: i64) -> Result<String, RegistryError> {
+    pub async fn version_schema(
+        &self,
+        subject: &str,
+        version: i64,
+    ) -> Result<String, RegistryError> {
         let url = self.url(&["subjects", subject, "versions", &version.to_string()]);
         let body: SchemaBody = self.call(Method::GET, url, None).await?;
         Ok(body.schema)
@@ -388,7 +392,9 @@ impl RegistryClient {
             Ok(reader) => reader,
             Err(e) => {
                 outcome.compatible = false;
-                outcome.messages.push(format!("not a valid Avro schema: {e}"));
+                outcome
+                    .messages
+                    .push(format!("not a valid Avro schema: {e}"));
                 return Ok(outcome);
             }
         };
@@ -450,20 +456,8 @@ impl RegistryClient {
                     continue;
                 }
             };
-            match SchemaCompatibility::can_read(&writer, reader) {
-                Ok(Compatibility::Full) => {}
-                Ok(Compatibility::Partial) => reasons.push(format!(
-                    "some data written with version {version} could not be read: an enum \
-                     symbol or union branch of that version is missing (and no enum default \
-                     covers it)"
-                )),
-                Err(e) => {
-                    let e = e.to_string();
-                    let e = e.strip_prefix("Incompatible schemata! ").unwrap_or(&e);
-                    reasons.push(format!(
-                        "cannot read data written with version {version}: {e}"
-                    ));
-                }
+            for problem in backward_problems(&writer, reader) {
+                reasons.push(format!("data written with version {version}: {problem}"));
             }
         }
         Ok(reasons)
@@ -472,7 +466,10 @@ impl RegistryClient {
     /// Sets BACKWARD_TRANSITIVE on each local schema's subject (prefixed with
     /// `subject_prefix`, usually empty) and registers the schema. Returns each subject
     /// with its schema id. Idempotent.
-    pub async fn register_all(&self, subject_prefix: &str) -> Result<Vec<(String, u32)>, RegistryError> {
+    pub async fn register_all(
+        &self,
+        subject_prefix: &str,
+    ) -> Result<Vec<(String, u32)>, RegistryError> {
         let schemas = Schemas::global()?;
         let mut registered = Vec::new();
         for local in schemas.iter() {
@@ -487,7 +484,10 @@ impl RegistryClient {
 
     /// Checks each local schema against its subject (prefixed with `subject_prefix`,
     /// usually empty). A subject not registered yet is new and compatible.
-    pub async fn check_all(&self, subject_prefix: &str) -> Result<Vec<CheckOutcome>, RegistryError> {
+    pub async fn check_all(
+        &self,
+        subject_prefix: &str,
+    ) -> Result<Vec<CheckOutcome>, RegistryError> {
         let schemas = Schemas::global()?;
         let mut outcomes = Vec::new();
         for local in schemas.iter() {

@@ -72,6 +72,29 @@ pub fn assigned_reader(config: &Config, client_id: &str) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("fetch.max.bytes", "52428800")
+        // Readers run to the end of a partition and stop; waiting the default 500 ms for
+        // more data at the end would only delay that.
+        .set("fetch.wait.max.ms", "20")
         .set("max.partition.fetch.bytes", "10485760");
     c
 }
+
+/// A client context for readers that ask for end-of-partition events: librdkafka also
+/// reports those as global errors, which the default context would log as errors.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct EofAwareContext;
+
+impl rdkafka::ClientContext for EofAwareContext {
+    fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
+        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+        let eof = matches!(
+            error,
+            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+        );
+        if !eof {
+            tracing::error!(error = %error, reason, "kafka client error");
+        }
+    }
+}
+
+impl rdkafka::consumer::ConsumerContext for EofAwareContext {}

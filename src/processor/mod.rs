@@ -150,6 +150,8 @@ struct Loop {
     stores: BTreeMap<i32, PartitionStore>,
     /// Stores of revoked partitions, kept in case the same rebalance gives them back.
     parked: BTreeMap<i32, PartitionStore>,
+    /// Assigned partitions whose state is not restored yet; they stay paused until it is.
+    unrestored: BTreeSet<i32>,
     txn: Txn,
     lifecycle: Lifecycle,
 }
@@ -168,11 +170,14 @@ impl Loop {
         let status_topic = topics.name(topics::ORDER_STATUS);
         names.push(&status_topic);
         let partitions = loop {
+            use crate::kafka::admin::AdminError;
             match crate::kafka::admin::check_co_partitioned(&ctx.config, &names) {
                 Ok(n) => break n,
-                Err(crate::kafka::admin::AdminError::Kafka(e)) if !stop.load(Ordering::SeqCst) => {
+                // Unreachable brokers and topics still being created are waited for;
+                // topics that exist but break co-partitioning are not.
+                Err(e @ (AdminError::Kafka(_) | AdminError::Missing(_))) if !stop.load(Ordering::SeqCst) => {
                     let delay = backoff.next_delay();
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "kafka unreachable at start-up");
+                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "input topics not usable yet; waiting");
                     std::thread::sleep(delay);
                 }
                 Err(e) => return Err(e.into()),
@@ -207,6 +212,7 @@ impl Loop {
             stop,
             stores: BTreeMap::new(),
             parked: BTreeMap::new(),
+            unrestored: BTreeSet::new(),
             txn: Txn::default(),
             lifecycle: Lifecycle::Running,
         })
@@ -225,7 +231,7 @@ impl Loop {
         let mut last_stats = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
         loop {
-            if self.stop.load(Ordering::SeqCst) {
+            if self.lifecycle == Lifecycle::Running && self.stop.load(Ordering::SeqCst) {
                 self.set_lifecycle(Lifecycle::Draining);
             }
             let outcome = match self.lifecycle {
@@ -262,6 +268,9 @@ impl Loop {
 
     /// One transaction's worth of work: poll for an interval, fire deadlines, commit.
     fn cycle(&mut self, interval: Duration) -> Result<(), StepError> {
+        if !self.unrestored.is_empty() {
+            self.restore_pending()?;
+        }
         let deadline = Instant::now() + interval;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -562,6 +571,7 @@ impl Loop {
         for event in events {
             match event {
                 RebalanceEvent::Revoked(parts) => {
+                    self.unrestored.retain(|p| !parts.contains(p));
                     for p in parts {
                         if let Some(store) = self.stores.remove(&p) {
                             self.parked.insert(p, store);
@@ -586,22 +596,38 @@ impl Loop {
                             }
                         }
                     }
-                    if !to_restore.is_empty() {
-                        let restored = restore::restore(&self.ctx, &self.topics, &to_restore, &self.stop)
-                            .map_err(|e| StepError::Abort(e.to_string()))?;
-                        for (p, store) in restored {
-                            Metrics::add(&self.ctx.metrics.restored_orders, store.len() as u64);
-                            self.stores.insert(p, store);
-                        }
-                    }
-                    let assignment = self.consumer.assignment()?;
-                    self.consumer.resume(&assignment)?;
+                    self.unrestored = to_restore;
+                    self.restore_pending()?;
                 }
                 RebalanceEvent::Failed(reason) => {
                     warn!(reason = %reason, "rebalance failed; waiting for the next one");
                 }
             }
         }
+        Ok(())
+    }
+
+    /// Restores the partitions waiting for it, then resumes every assigned partition
+    /// that has its state. On failure the partitions stay paused and the next cycle
+    /// tries again.
+    fn restore_pending(&mut self) -> Result<(), StepError> {
+        if !self.unrestored.is_empty() {
+            let restored = restore::restore(&self.ctx, &self.topics, &self.unrestored, &self.stop)
+                .map_err(|e| StepError::Abort(format!("state restore failed: {e}")))?;
+            for (p, store) in restored {
+                Metrics::add(&self.ctx.metrics.restored_orders, store.len() as u64);
+                self.unrestored.remove(&p);
+                self.stores.insert(p, store);
+            }
+        }
+        let assignment = self.consumer.assignment()?;
+        let mut ready = TopicPartitionList::new();
+        for e in assignment.elements() {
+            if self.stores.contains_key(&e.partition()) {
+                ready.add_partition(e.topic(), e.partition());
+            }
+        }
+        self.consumer.resume(&ready)?;
         Ok(())
     }
 

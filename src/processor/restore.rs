@@ -47,7 +47,7 @@ pub fn restore(
     let topic = topics.name(topics::ORDER_STATUS);
     let mut cfg = clients::assigned_reader(&ctx.config, &format!("{}-restore", ctx.config.transactional_id()));
     cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer = cfg.create()?;
+    let consumer: BaseConsumer<clients::EofAwareContext> = cfg.create_with_context(clients::EofAwareContext)?;
 
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
@@ -100,7 +100,7 @@ pub fn restore(
     for (p, map) in latest {
         let mut store = PartitionStore::default();
         for (_, state) in map {
-            let expired = state.is_terminal() && state.next_deadline().is_none() && state.updated_at < older_than;
+            let expired = state.is_settled() && state.updated_at < older_than;
             if !expired {
                 store.restore(state);
             }

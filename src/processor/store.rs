@@ -86,7 +86,7 @@ impl PartitionStore {
     pub fn evict(&mut self, older_than: Millis) -> usize {
         let before = self.committed.len();
         self.committed.retain(|_, s| {
-            !(s.is_terminal() && s.next_deadline().is_none() && s.updated_at < older_than)
+            !(s.is_settled() && s.updated_at < older_than)
         });
         before - self.committed.len()
     }

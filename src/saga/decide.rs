@@ -25,8 +25,11 @@
 //! - **A late FAILURE of an abandoned command changes nothing.**
 //! - **Compensations** are retried like steps (retriable FAILURE or timeout, with
 //!   backoff). One that fails for good turns a `CANCELED` order into `FAILED` with a reason
-//!   saying manual action is needed; any other status stays and records the reason. A late
-//!   SUCCESS of a compensation that gave up marks it done (the status stays).
+//!   starting [`MANUAL_ACTION_NEEDED`]; any other status stays and records the reason (an
+//!   order that only becomes `CANCELED` in the same decision stays `CANCELED`, as one
+//!   decision publishes one status and `PAID → FAILED` is no allowed arrow). Later reasons
+//!   keep the note. A late SUCCESS of a compensation that gave up marks it done (the
+//!   status stays).
 //! - **Cancel** of `CREATED`/`RESERVED`/`PAID` compensates what was done (`RELEASE`;
 //!   `REFUND` then `RELEASE`) and abandons the forward command in flight; its late success
 //!   is compensated when it arrives. A cancel of `SHIPPING_SCHEDULED` or `COMPLETED` is
@@ -589,12 +592,15 @@ struct Change<'p> {
     now: Millis,
     /// A new order starts at version 1; an existing one goes up by one.
     bump: bool,
+    /// The status before this decision.
+    before: Status,
 }
 
 impl<'p> Change<'p> {
     fn new(policy: &'p Policy, state: OrderState, now: Millis) -> Self {
         Change {
             policy,
+            before: state.status,
             state,
             commands: Vec::new(),
             now,
@@ -880,12 +886,16 @@ impl<'p> Change<'p> {
         self.flag_manual_action(note);
     }
 
-    /// Records that someone has to act: a `CANCELED` order becomes `FAILED`; any other
-    /// status stays (`FAILED` already says it; a shipped or completed order is not failed).
+    /// Records that someone has to act: an order that was `CANCELED` before this decision
+    /// becomes `FAILED`; any other status stays (`FAILED` already says it; a shipped or
+    /// completed order is not failed; a running order goes on). An order that becomes
+    /// `CANCELED` within this very decision stays `CANCELED`: `PAID → FAILED` is no
+    /// allowed arrow, and one decision publishes one status. The reason carries the note.
     fn flag_manual_action(&mut self, note: String) {
         self.state.reason = Some(note);
         match self.state.status {
-            Status::Canceled => self.set_status(Status::Failed),
+            Status::Canceled if self.before == Status::Canceled => self.set_status(Status::Failed),
+            Status::Canceled => {}
             Status::Created
             | Status::Reserved
             | Status::Paid

@@ -53,7 +53,7 @@ mod tests {
             .hyphenated()
             .to_string();
         assert_eq!(id, expected);
-        assert_eq!(id, id.to_lowercase());
+        assert_eq!(id, "c7df1d37-d860-569e-a575-e53d17729b07");
         assert_eq!(id.len(), 36);
     }
 

@@ -1,6 +1,6 @@
 //! The order saga: pure decision logic with no I/O.
 //!
-//! The core is [`decide`] (or [`Policy::decide`]): given an order's current state (if
+//! The core is [`decide()`] (or [`Policy::decide`]): given an order's current state (if
 //! any), one event and the current time, it returns a [`Decision`]: apply a new
 //! [`OrderState`] and emit [`Command`]s, ignore the event, or reject it to the dead-letter
 //! topic. It reads no clock, touches no network and imports nothing from tokio, rdkafka

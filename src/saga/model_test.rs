@@ -96,9 +96,13 @@ struct World {
 }
 
 impl World {
-    fn new(orders: usize) -> Self {
+    fn new(orders: usize, max_attempts: u32, backoff_base_ms: Millis) -> Self {
         World {
-            policy: test_policy(),
+            policy: Policy {
+                max_attempts,
+                backoff_base_ms,
+                ..test_policy()
+            },
             now: T0,
             orders,
             states: BTreeMap::new(),
@@ -466,7 +470,7 @@ impl World {
 proptest! {
     #![proptest_config(ProptestConfig {
         // PROPTEST_CASES overrides, for a longer hunt.
-        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(384),
+        cases: std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256),
         failure_persistence: None,
         ..ProptestConfig::default()
     })]
@@ -474,9 +478,11 @@ proptest! {
     #[test]
     fn random_interleavings_of_many_orders_keep_every_invariant(
         orders in 1..=8usize,
+        max_attempts in 1..=4u32,
+        backoff_base_ms in prop_oneof![1 => Just(0i64), 3 => Just(100i64)],
         ops in prop::collection::vec(op(), 0..150),
     ) {
-        let mut world = World::new(orders);
+        let mut world = World::new(orders, max_attempts, backoff_base_ms);
         for op in &ops {
             world.run(op)?;
         }

@@ -1,4 +1,4 @@
-//! The per-order saga state: everything [`decide`](super::decide) needs to know about one
+//! The per-order saga state: everything [`decide()`](super::decide()) needs to know about one
 //! order, and nothing else.
 //!
 //! The state is the changelog record of the order (it is what survives a restart), so it
