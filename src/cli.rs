@@ -115,14 +115,15 @@ pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
 pub async fn schemas_check(config: &Config) -> anyhow::Result<bool> {
     let mut all_ok = true;
     for outcome in registry::check_all(&config.registry_url).await? {
-        if outcome.compatible {
-            println!("ok          {}", outcome.subject);
-        } else {
-            all_ok = false;
-            println!("INCOMPATIBLE {}", outcome.subject);
-            for m in &outcome.messages {
-                println!("    {m}");
-            }
+        let verdict = match (outcome.compatible, outcome.new_subject) {
+            (false, _) => "INCOMPATIBLE",
+            (true, true) => "new",
+            (true, false) => "ok",
+        };
+        all_ok &= outcome.compatible;
+        println!("{verdict:<13}{}", outcome.subject);
+        for m in &outcome.messages {
+            println!("    {m}");
         }
     }
     Ok(all_ok)

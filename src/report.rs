@@ -404,6 +404,9 @@ fn format_report(s: &Summary, stuck: &Stuck) -> String {
     }
     let _ = writeln!(out, "{:<24} {:>10}", "terminal", s.terminal);
     let _ = writeln!(out, "{:<24} {:>10}", "in flight", s.in_flight);
+    if let Some(oldest) = s.oldest_in_flight_s {
+        let _ = writeln!(out, "  {:<22} {:>10.0}", "oldest unchanged (s)", oldest);
+    }
     let _ = writeln!(
         out,
         "\ncreate -> terminal latency (ms, over terminal orders)"
@@ -520,6 +523,10 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("p99"), "{text}");
+        assert!(
+            text.contains("  oldest unchanged (s)           90"),
+            "{text}"
+        );
         assert!(
             text.contains("21 in flight, unchanged for more than 60 s (showing 1)"),
             "{text}"

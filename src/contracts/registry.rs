@@ -325,10 +325,21 @@ impl RegistryClient {
     /// subject has any version.
     pub async fn set_compatibility(&self, subject: &str, level: &str) -> Result<(), RegistryError> {
         let url = self.url(&["config", subject]);
-        let _: serde_json::Value = self
+        let result: Result<serde_json::Value, RegistryError> = self
             .call(Method::PUT, url, Some(json!({ "compatibility": level })))
-            .await?;
-        Ok(())
+            .await;
+        match result {
+            Ok(_) => Ok(()),
+            // Apicurio answers 409 when another client created the same rule a moment
+            // earlier (two instances starting together); that is success if the level
+            // that won is the one we wanted.
+            Err(RegistryError::Rejected { status: 409, .. })
+                if self.compatibility(subject).await?.as_deref() == Some(level) =>
+            {
+                Ok(())
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `subject`'s own compatibility level (`GET /config/{subject}`), `None` if it has
