@@ -31,8 +31,12 @@ use crate::config::Config;
 use crate::contracts::records::{OrderCancel, OrderCreate};
 use crate::contracts::{Codec, CodecError};
 use crate::kafka::clients::plain_producer;
+use crate::retry::Backoff;
 use crate::saga::{Address, CancelRequest, Item, Millis, OrderRequest};
 use crate::topics::{self, Topics};
+
+/// How long a run waits for an unreachable schema registry before it gives up.
+const REGISTRY_WAIT: Duration = Duration::from_secs(60);
 
 /// How long the end of a run waits for outstanding deliveries.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(30);
@@ -654,7 +658,20 @@ pub async fn run(
         mix64(now_millis() as u64 ^ u64::from(std::process::id()).rotate_left(32))
     });
     let publisher = OrderPublisher::new(&config, codec)?;
-    publisher.prepare().await?;
+    let registry_deadline = Instant::now() + REGISTRY_WAIT;
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(5));
+    loop {
+        match publisher.prepare().await {
+            Err(LoadError::Encode { source, .. })
+                if source.is_transient() && Instant::now() < registry_deadline =>
+            {
+                let wait = backoff.next_delay();
+                warn!(error = %source, wait_ms = wait.as_millis() as u64, "schema registry unavailable; waiting");
+                tokio::time::sleep(wait).await;
+            }
+            other => break other?,
+        }
+    }
     info!(
         orders = args.orders,
         rate = args.rate,

@@ -528,14 +528,22 @@ impl Simulator {
         self.counters.commands[s] += 1;
         let Some(bytes) = payload else {
             self.counters.undecodable += 1;
-            warn!(topic, "command without a value; skipped");
+            if worth_logging(self.counters.undecodable) {
+                warn!(
+                    topic,
+                    skipped = self.counters.undecodable,
+                    "command without a value; skipped"
+                );
+            }
             return;
         };
         let head = match self.decode_with_retry(step, bytes).await {
             Ok(head) => head,
             Err(e) => {
                 self.counters.undecodable += 1;
-                warn!(topic, error = %e, kind = e.kind(), "undecodable command; skipped");
+                if worth_logging(self.counters.undecodable) {
+                    warn!(topic, error = %e, kind = e.kind(), skipped = self.counters.undecodable, "undecodable command; skipped");
+                }
                 return;
             }
         };
@@ -543,7 +551,9 @@ impl Simulator {
             Ok(a) if a.step() == step => a,
             _ => {
                 self.counters.undecodable += 1;
-                warn!(topic, order_id = %head.order_id, action = ?head.action, "command with an action this service does not perform; skipped");
+                if worth_logging(self.counters.undecodable) {
+                    warn!(topic, order_id = %head.order_id, action = ?head.action, skipped = self.counters.undecodable, "command with an action this service does not perform; skipped");
+                }
                 return;
             }
         };
@@ -702,7 +712,9 @@ impl Simulator {
                 }
                 Err((e, _)) => {
                     self.counters.delivery_errors += 1;
-                    warn!(topic = %topic, order_id = %result.key, error = %e, "cannot enqueue a result; dropped");
+                    if worth_logging(self.counters.delivery_errors) {
+                        warn!(topic = %topic, order_id = %result.key, error = %e, errors = self.counters.delivery_errors, "cannot enqueue a result; dropped");
+                    }
                     return;
                 }
             }
@@ -721,11 +733,18 @@ impl Simulator {
             Ok(Ok(_)) => self.counters.delivered += 1,
             Ok(Err((e, message))) => {
                 self.counters.delivery_errors += 1;
-                warn!(topic = message.topic(), error = %e, "a result was not delivered");
+                if worth_logging(self.counters.delivery_errors) {
+                    warn!(topic = message.topic(), error = %e, errors = self.counters.delivery_errors, "a result was not delivered");
+                }
             }
             Err(_) => {
                 self.counters.delivery_errors += 1;
-                warn!("a result's delivery was cancelled");
+                if worth_logging(self.counters.delivery_errors) {
+                    warn!(
+                        errors = self.counters.delivery_errors,
+                        "a result's delivery was cancelled"
+                    );
+                }
             }
         }
     }
@@ -779,6 +798,12 @@ impl Simulator {
     }
 }
 
+/// Whether the `count`th skipped command is logged: the first ten, then every thousandth,
+/// so a topic full of poison does not flood the log.
+fn worth_logging(count: u64) -> bool {
+    count <= 10 || count % 1_000 == 0
+}
+
 /// Waits until `at`, or forever if there is nothing to wait for.
 async fn wake_at(at: Option<Instant>) {
     match at {
@@ -803,10 +828,23 @@ pub async fn run(
         .unwrap_or_else(|| format!("{}-simulator", config.application_id));
     let client_id = format!("{group}-{}", config.instance_id);
 
-    codec
-        .prepare(Step::ALL.map(topics::result_topic))
-        .await
-        .map_err(SimulateError::Registry)?;
+    let mut shutdown = std::pin::pin!(shutdown);
+    // Like a real service, wait for the registry instead of failing while it starts.
+    let mut backoff = Backoff::new(Duration::from_millis(500), Duration::from_secs(10));
+    loop {
+        match codec.prepare(Step::ALL.map(topics::result_topic)).await {
+            Ok(()) => break,
+            Err(e) if e.is_transient() => {
+                let wait = backoff.next_delay();
+                warn!(error = %e, wait_ms = wait.as_millis() as u64, "schema registry unavailable; waiting");
+                tokio::select! {
+                    () = &mut shutdown => return Ok(()),
+                    () = tokio::time::sleep(wait) => {}
+                }
+            }
+            Err(e) => return Err(SimulateError::Registry(e)),
+        }
+    }
 
     let producer: FutureProducer = plain_producer(&config, &format!("{client_id}-producer"))
         .set("queue.buffering.max.messages", "200000")
@@ -868,7 +906,6 @@ pub async fn run(
         counters: Counters::default(),
     };
 
-    let mut shutdown = std::pin::pin!(shutdown);
     let mut stats = tokio::time::interval(Duration::from_secs(config.stats_interval_s.max(1)));
     stats.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     stats.tick().await;

@@ -1207,3 +1207,29 @@ async fn undecodable_records_and_tombstones_are_skipped_and_the_records_around_t
     sink.stop().await;
     env.drop_schema().await;
 }
+
+/// Not a check, a measurement: `cargo test --release --test sink -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore = "benchmark; run explicitly"]
+async fn catching_up_on_a_backlog_measures_records_per_second() {
+    let _pg = PG_RESTART.read().await;
+    let env = Env::new(6).await;
+    let count: usize = std::env::var("SINK_BENCH_ORDERS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(20_000);
+    let changelog = interleaved(&orders(count, now_ms()));
+    env.produce(&changelog).await;
+    let started = Instant::now();
+    let sink = env.start_sink();
+    wait_caught_up(&env, &changelog).await;
+    let took = started.elapsed();
+    println!(
+        "sink caught up on {} records in {:.2} s: {:.0} records/s (including start-up and group join)",
+        changelog.len(),
+        took.as_secs_f64(),
+        changelog.len() as f64 / took.as_secs_f64()
+    );
+    sink.stop().await;
+    env.drop_schema().await;
+}

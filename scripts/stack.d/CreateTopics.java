@@ -58,13 +58,16 @@ public class CreateTopics {
 
         try (Admin admin = Admin.create(props)) {
             // A broker that already answers metadata requests can still be fenced for a
-            // moment ("only 0 broker(s) are registered"), so the whole list-then-create
-            // step is retried, but only on errors that can go away by waiting.
+            // moment ("only 0 broker(s) are registered"), and a topic just created can be
+            // unknown to the next metadata request, so the whole list-create-describe step is
+            // retried, but only on errors that can go away by waiting.
             Throwable last = null;
+            Map<String, TopicDescription> described = null;
             boolean done = false;
             while (!done && System.nanoTime() < deadline) {
                 try {
                     createMissing(admin, wanted, partitions);
+                    described = admin.describeTopics(wanted.keySet()).allTopicNames().get(5, TimeUnit.SECONDS);
                     done = true;
                 } catch (TimeoutException e) {
                     last = e;
@@ -89,8 +92,6 @@ public class CreateTopics {
 
             // The saga relies on co-partitioned topics: a topic left over from a run with
             // another STACK_PARTITIONS would silently break that, so refuse it loudly.
-            Map<String, TopicDescription> described =
-                    admin.describeTopics(wanted.keySet()).allTopicNames().get(30, TimeUnit.SECONDS);
             boolean mismatch = false;
             for (TopicDescription d : described.values()) {
                 if (d.partitions().size() != partitions) {

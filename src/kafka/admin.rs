@@ -57,7 +57,25 @@ pub async fn create_topics(
             Err((topic, code)) => return Err(AdminError::Topic { topic, code }),
         }
     }
-    Ok(())
+    // A created topic takes a moment to reach the metadata every client sees; a consumer
+    // that subscribes before that would not see it until its next metadata refresh,
+    // minutes later. Return only once they are visible.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let cfg = config.clone();
+        let owned: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let visible = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = owned.iter().map(String::as_str).collect();
+            partition_counts(&cfg, &refs)
+        })
+        .await
+        .map_err(|e| AdminError::Missing(format!("metadata check failed: {e}")))?;
+        match visible {
+            Ok(_) => return Ok(()),
+            Err(e) if tokio::time::Instant::now() >= deadline => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }
 
 /// The partition count of each of `names`, failing on a missing topic.

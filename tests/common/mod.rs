@@ -307,7 +307,13 @@ impl Downstream {
                 let Some(base) = cfg.topics().base(msg.topic()) else { continue };
                 let base = base.to_string();
                 let Some(payload) = msg.payload() else { continue };
-                let Ok(cmd) = codec.decode::<CommandHeader>(&base, payload).await else { continue };
+                let cmd = match codec.decode::<CommandHeader>(&base, payload).await {
+                    Ok(cmd) => cmd,
+                    Err(e) => {
+                        eprintln!("downstream: undecodable command: {e}");
+                        continue;
+                    }
+                };
                 seen2.lock().expect("lock").push(cmd.clone());
                 let result_topic = topics::result_topic(cmd.action().step());
                 for reply in script(&cmd) {
@@ -320,7 +326,15 @@ impl Downstream {
                         retriable: reply.retriable,
                         produced_at: now_ms(),
                     };
-                    let bytes = codec.encode(result_topic, &StepResultRecord::from(&r)).await.expect("encode result");
+                    let bytes = loop {
+                        match codec.encode(result_topic, &StepResultRecord::from(&r)).await {
+                            Ok(b) => break b,
+                            Err(e) => {
+                                eprintln!("downstream: encoding a result failed, retrying: {e}");
+                                tokio::time::sleep(Duration::from_millis(200)).await;
+                            }
+                        }
+                    };
                     for _ in 0..reply.copies {
                         produce_raw(&producer, &cfg, result_topic, Some(&cmd.order_id), &bytes).await;
                     }
