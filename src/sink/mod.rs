@@ -376,6 +376,7 @@ impl Sink<'_> {
             .next_offsets()
             .map(|(p, _)| (p, self.parts.get(&p).and_then(|part| part.stored)))
             .collect();
+        let started = Instant::now();
         match self.store.commit(&self.batch, &expected).await {
             Ok(Commit::Done {
                 orders,
@@ -389,7 +390,11 @@ impl Sink<'_> {
                 }
                 debug!(
                     records = self.batch.len(),
-                    orders, history, notified, "batch committed"
+                    orders,
+                    history,
+                    notified,
+                    took_ms = started.elapsed().as_millis() as u64,
+                    "batch committed"
                 );
                 self.counters.batches += 1;
                 self.counters.orders += orders;

@@ -1,0 +1,65 @@
+//! `bench`: the benchmark suite of order-saga, one invocation measuring everything
+//! against the limit of the same broker. See the README section "Benchmarks" and
+//! `scripts/bench`.
+//!
+//! Phases, each on topics of its own random prefix:
+//!
+//! 1. **copier**: a raw transactional copier (rdkafka only, no decoding) that consumes and
+//!    produces as many records per order as the saga, with the same client settings and
+//!    commit interval: the limit of this broker for this workload.
+//! 2. **saga**: `order-saga run --no-sink` and `order-saga simulate` (instant services) as
+//!    child processes; N orders as fast as possible (throughput, latency under saturation,
+//!    RSS, CPU), then orders at a paced rate (latency below saturation).
+//! 3. **sink**: `order-saga sink` with a fresh group on the saga's topics: catch-up rows/s,
+//!    then its lag behind the processor while orders arrive at top rate.
+//! 4. **restore**: a changelog of many order-status records, then the processor's restore
+//!    speed and its memory before and after.
+//!
+//! Results go to `bench-out/latest.{json,md,png}`.
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+#[path = "bench/args.rs"]
+mod args;
+#[path = "bench/chart.rs"]
+mod chart;
+#[path = "bench/child.rs"]
+mod child;
+#[path = "bench/copier.rs"]
+mod copier;
+#[path = "bench/fixtures.rs"]
+mod fixtures;
+#[path = "bench/procfs.rs"]
+mod procfs;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/restore.rs"]
+mod restore;
+#[path = "bench/run.rs"]
+mod run;
+#[path = "bench/saga.rs"]
+mod saga;
+#[path = "bench/status.rs"]
+mod status;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = args::Cli::parse();
+    if let Err(e) = cli.config.validate() {
+        eprintln!("bench: {e}");
+        return ExitCode::from(2);
+    }
+    if let Err(e) = cli.bench.validate() {
+        eprintln!("bench: {e:#}");
+        return ExitCode::from(2);
+    }
+    match run::run(cli.config, cli.bench).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("bench: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
