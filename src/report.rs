@@ -30,6 +30,10 @@ pub struct ReportArgs {
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Only orders created at or after this time (Unix epoch milliseconds), e.g. one run's
+    /// orders in a table that keeps every earlier run's.
+    #[arg(long, value_name = "EPOCH_MS", default_value_t = 0)]
+    pub since_ms: i64,
 }
 
 /// Why a report could not be produced.
@@ -124,15 +128,20 @@ fn to_u64(n: i64) -> u64 {
     u64::try_from(n).unwrap_or(0)
 }
 
-/// The report's numbers, from one statement (one snapshot).
+/// The report's numbers over every order, from one statement (one snapshot).
 pub async fn summary(client: &Client) -> Result<Summary, ReportError> {
+    summary_since(client, 0).await
+}
+
+/// The report's numbers over the orders created at or after `since_ms` (epoch ms).
+pub async fn summary_since(client: &Client, since_ms: i64) -> Result<Summary, ReportError> {
     let sql = format!(
         "WITH o AS (
             SELECT status, created_at, updated_at,
                    CASE WHEN status IN {TERMINAL}
                         THEN COALESCE(LEAST(completed_at, failed_at, canceled_at), updated_at)
                    END AS done_at
-            FROM orders),
+            FROM orders WHERE created_at >= to_timestamp($1::float8 / 1000)),
          counts AS (SELECT status, count(*) AS n FROM o GROUP BY status),
          t AS (
             SELECT count(*) AS n,
@@ -149,7 +158,7 @@ pub async fn summary(client: &Client) -> Result<Summary, ReportError> {
                 t.n, t.pct, t.max_ms, t.span_s, f.n, f.oldest_s
          FROM t, f"
     );
-    let row = client.query_one(&sql, &[]).await?;
+    let row = client.query_one(&sql, &[&(since_ms as f64)]).await?;
     let counts: String = row.try_get(0)?;
     let counts: BTreeMap<String, u64> =
         serde_json::from_str(&counts).map_err(|e| ReportError::Data(e.to_string()))?;
@@ -330,13 +339,17 @@ fn write_out(text: &str) -> Result<(), ReportError> {
 async fn wait_for(
     client: &Client,
     wanted: u64,
+    since_ms: i64,
     timeout: Duration,
 ) -> Result<(u64, u64, bool), ReportError> {
     let started = tokio::time::Instant::now();
     let mut next_log = started + Duration::from_secs(10);
-    let sql = format!("SELECT count(*), count(*) FILTER (WHERE status IN {TERMINAL}) FROM orders");
+    let sql = format!(
+        "SELECT count(*), count(*) FILTER (WHERE status IN {TERMINAL}) FROM orders
+         WHERE created_at >= to_timestamp($1::float8 / 1000)"
+    );
     loop {
-        let row = client.query_one(&sql, &[]).await?;
+        let row = client.query_one(&sql, &[&(since_ms as f64)]).await?;
         let orders = to_u64(row.try_get(0)?);
         let terminal = to_u64(row.try_get(1)?);
         if orders >= wanted && terminal == orders {
@@ -360,7 +373,7 @@ pub async fn print_report(client: &Client, args: &ReportArgs) -> Result<(), Repo
     let mut timed_out = None;
     if let Some(wanted) = args.wait_for {
         let (orders, terminal, done) =
-            wait_for(client, wanted, Duration::from_secs(args.timeout_s)).await?;
+            wait_for(client, wanted, args.since_ms, Duration::from_secs(args.timeout_s)).await?;
         if !done {
             timed_out = Some(ReportError::WaitTimedOut {
                 wanted,
@@ -370,7 +383,7 @@ pub async fn print_report(client: &Client, args: &ReportArgs) -> Result<(), Repo
             });
         }
     }
-    let summary = summary(client).await?;
+    let summary = summary_since(client, args.since_ms).await?;
     let stuck = stuck_orders(client, args.stuck_after_s, STUCK_LIMIT).await?;
     let text = if args.json {
         #[derive(Serialize)]

@@ -43,7 +43,9 @@ pub async fn create_topics(
         .map(|name| {
             let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
             if *name == topics::ORDER_STATUS || name.ends_with(topics::ORDER_STATUS) {
-                t.set("cleanup.policy", "compact")
+                // The sink's history table needs every version; compaction may drop old
+                // ones only after readers have had an hour to see them.
+                t.set("cleanup.policy", "compact").set("min.compaction.lag.ms", "3600000")
             } else {
                 t
             }

@@ -96,7 +96,10 @@ impl BenchArgs {
             bail!("--orders must be at least 1");
         }
         if !(1..=1000).contains(&self.partitions) {
-            bail!("--partitions must be from 1 to 1000, got {}", self.partitions);
+            bail!(
+                "--partitions must be from 1 to 1000, got {}",
+                self.partitions
+            );
         }
         if !(0.0..=1.0).contains(&self.restore_in_flight_share) {
             bail!("--restore-in-flight-share must be from 0 to 1");

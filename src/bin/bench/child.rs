@@ -31,8 +31,8 @@ impl Proc {
         if let Some(dir) = log_path.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let file = File::create(&log_path)
-            .with_context(|| format!("creating {}", log_path.display()))?;
+        let file =
+            File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
             .env("ORDER_SAGA_BOOTSTRAP", &config.bootstrap)
@@ -41,12 +41,27 @@ impl Proc {
             .env("ORDER_SAGA_TOPIC_PREFIX", &config.topic_prefix)
             .env("ORDER_SAGA_APPLICATION_ID", &config.application_id)
             .env("ORDER_SAGA_INSTANCE_ID", &config.instance_id)
-            .env("ORDER_SAGA_COMMIT_INTERVAL_MS", config.commit_interval_ms.to_string())
-            .env("ORDER_SAGA_TRANSACTION_TIMEOUT_MS", config.transaction_timeout_ms.to_string())
-            .env("ORDER_SAGA_STATE_RETENTION_MS", config.state_retention_ms.to_string())
-            .env("ORDER_SAGA_STEP_TIMEOUT_MS", config.step_timeout_ms.to_string())
+            .env(
+                "ORDER_SAGA_COMMIT_INTERVAL_MS",
+                config.commit_interval_ms.to_string(),
+            )
+            .env(
+                "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
+                config.transaction_timeout_ms.to_string(),
+            )
+            .env(
+                "ORDER_SAGA_STATE_RETENTION_MS",
+                config.state_retention_ms.to_string(),
+            )
+            .env(
+                "ORDER_SAGA_STEP_TIMEOUT_MS",
+                config.step_timeout_ms.to_string(),
+            )
             .env("ORDER_SAGA_MAX_ATTEMPTS", config.max_attempts.to_string())
-            .env("ORDER_SAGA_RETRY_BACKOFF_MS", config.retry_backoff_ms.to_string())
+            .env(
+                "ORDER_SAGA_RETRY_BACKOFF_MS",
+                config.retry_backoff_ms.to_string(),
+            )
             .env("ORDER_SAGA_SINK_GROUP", &config.sink_group)
             .env("ORDER_SAGA_STATS_INTERVAL_S", "1")
             .env("ORDER_SAGA_LOG_FORMAT", "json")
@@ -59,8 +74,17 @@ impl Proc {
             .stdout(file.try_clone().context("log file")?)
             .stderr(file)
             .spawn()
-            .with_context(|| format!("starting {} (build it with cargo build --release)", bin.display()))?;
-        Ok(Proc { name: name.to_string(), child, log: LogTail::new(log_path) })
+            .with_context(|| {
+                format!(
+                    "starting {} (build it with cargo build --release)",
+                    bin.display()
+                )
+            })?;
+        Ok(Proc {
+            name: name.to_string(),
+            child,
+            log: LogTail::new(log_path),
+        })
     }
 
     pub fn pid(&self) -> u32 {
@@ -142,13 +166,20 @@ pub struct LogTail {
 
 impl LogTail {
     pub fn new(path: PathBuf) -> Self {
-        LogTail { path, offset: 0, partial: String::new(), lines: Vec::new() }
+        LogTail {
+            path,
+            offset: 0,
+            partial: String::new(),
+            lines: Vec::new(),
+        }
     }
 
     /// Lines added since the last call (also kept in `lines`).
     pub fn poll(&mut self) -> Vec<Value> {
         let mut fresh = Vec::new();
-        let Ok(mut f) = File::open(&self.path) else { return fresh };
+        let Ok(mut f) = File::open(&self.path) else {
+            return fresh;
+        };
         if f.seek(SeekFrom::Start(self.offset)).is_err() {
             return fresh;
         }
@@ -180,11 +211,17 @@ pub fn message(v: &Value) -> &str {
 }
 
 pub fn field_u64(v: &Value, key: &str) -> Option<u64> {
-    v.get(key).and_then(|x| x.as_u64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
+    v.get(key).and_then(|x| {
+        x.as_u64()
+            .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+    })
 }
 
 pub fn field_f64(v: &Value, key: &str) -> Option<f64> {
-    v.get(key).and_then(|x| x.as_f64().or_else(|| x.as_str().and_then(|s| s.parse().ok())))
+    v.get(key).and_then(|x| {
+        x.as_f64()
+            .or_else(|| x.as_str().and_then(|s| s.parse().ok()))
+    })
 }
 
 /// Seconds since the Unix epoch of a log line's RFC 3339 UTC `timestamp`
@@ -196,7 +233,10 @@ pub fn timestamp_s(v: &Value) -> Option<f64> {
     let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
     let time = time.trim_end_matches('Z');
     let mut t = time.split(':');
-    let (hh, mm) = (t.next()?.parse::<f64>().ok()?, t.next()?.parse::<f64>().ok()?);
+    let (hh, mm) = (
+        t.next()?.parse::<f64>().ok()?,
+        t.next()?.parse::<f64>().ok()?,
+    );
     let ss = t.next()?.parse::<f64>().ok()?;
     // Days from civil (Howard Hinnant).
     let y = if m <= 2 { y - 1 } else { y };

@@ -18,7 +18,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::Message as _;
 use rdkafka::producer::{
-    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer as _, ThreadedProducer,
+    BaseRecord, DefaultProducerContext, FutureProducer, FutureRecord, Producer as _,
+    ThreadedProducer,
 };
 use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
@@ -55,13 +56,19 @@ const MAX_IN_FLIGHT: usize = 50_000;
 
 /// Writes the input records of `orders` orders to the copier's input topics.
 /// Returns the average value bytes per order.
-pub async fn prefill(config: &Config, codec: &Codec, orders: u64, run_id: &str) -> anyhow::Result<f64> {
+pub async fn prefill(
+    config: &Config,
+    codec: &Codec,
+    orders: u64,
+    run_id: &str,
+) -> anyhow::Result<f64> {
     let policy = Policy::default();
-    let producer: FutureProducer = clients::plain_producer(config, &format!("{}-prefill", config.application_id))
-        .set("linger.ms", "20")
-        .set("queue.buffering.max.messages", "500000")
-        .create()
-        .context("prefill producer")?;
+    let producer: FutureProducer =
+        clients::plain_producer(config, &format!("{}-prefill", config.application_id))
+            .set("linger.ms", "20")
+            .set("queue.buffering.max.messages", "500000")
+            .create()
+            .context("prefill producer")?;
     let names = config.topics();
     let mut rng = Rng::new(now_millis() as u64);
     let mut in_flight = FuturesUnordered::new();
@@ -73,7 +80,9 @@ pub async fn prefill(config: &Config, codec: &Codec, orders: u64, run_id: &str) 
         for (base, value) in fixtures::input_records(codec, &policy, &order, now).await? {
             bytes += value.len();
             let topic = names.name(base);
-            let mut record = FutureRecord::to(&topic).key(order.order_id.as_str()).payload(&value);
+            let mut record = FutureRecord::to(&topic)
+                .key(order.order_id.as_str())
+                .payload(&value);
             loop {
                 match producer.send_result(record) {
                     Ok(delivery) => break in_flight.push(delivery),
@@ -116,8 +125,12 @@ pub fn copy(
     let expected_in = orders * 5;
     let names = config.topics();
     let producer: ThreadedProducer<DefaultProducerContext> =
-        clients::transactional_producer(config).create().context("copier producer")?;
-    producer.init_transactions(Duration::from_secs(30)).context("init_transactions")?;
+        clients::transactional_producer(config)
+            .create()
+            .context("copier producer")?;
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .context("init_transactions")?;
     let consumer: BaseConsumer = clients::read_committed_consumer(
         config,
         &config.application_id,
@@ -129,7 +142,11 @@ pub fn copy(
     let refs: Vec<&str> = inputs.iter().map(String::as_str).collect();
     consumer.subscribe(&refs).context("subscribe")?;
     let status_topic = names.name(topics::ORDER_STATUS);
-    let command_topics: Vec<String> = templates.command.iter().map(|(t, _)| names.name(t)).collect();
+    let command_topics: Vec<String> = templates
+        .command
+        .iter()
+        .map(|(t, _)| names.name(t))
+        .collect();
 
     let interval = config.commit_interval();
     let (mut consumed, mut produced, mut transactions) = (0u64, 0u64, 0u64);
@@ -162,14 +179,29 @@ pub fn copy(
             first.get_or_insert_with(Instant::now);
             last_record = Instant::now();
             let stage = names.base(msg.topic()).and_then(fixtures::stage_of);
-            let Some(stage) = stage else { bail!("copier: record from unexpected topic {}", msg.topic()) };
+            let Some(stage) = stage else {
+                bail!("copier: record from unexpected topic {}", msg.topic())
+            };
             offsets.insert((msg.topic().to_string(), msg.partition()), msg.offset() + 1);
             let key = msg.key().unwrap_or_default();
-            let Some(status) = templates.status.get(stage) else { bail!("no status template {stage}") };
-            send(&producer, BaseRecord::to(&status_topic).partition(msg.partition()).key(key).payload(&status[..]))?;
+            let Some(status) = templates.status.get(stage) else {
+                bail!("no status template {stage}")
+            };
+            send(
+                &producer,
+                BaseRecord::to(&status_topic)
+                    .partition(msg.partition())
+                    .key(key)
+                    .payload(&status[..]),
+            )?;
             n_out += 1;
-            if let (Some(topic), Some((_, command))) = (command_topics.get(stage), templates.command.get(stage)) {
-                send(&producer, BaseRecord::to(topic).key(key).payload(&command[..]))?;
+            if let (Some(topic), Some((_, command))) =
+                (command_topics.get(stage), templates.command.get(stage))
+            {
+                send(
+                    &producer,
+                    BaseRecord::to(topic).key(key).payload(&command[..]),
+                )?;
                 n_out += 1;
             }
             n_in += 1;
@@ -179,11 +211,15 @@ pub fn copy(
             for ((topic, partition), next) in &offsets {
                 tpl.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
             }
-            let Some(group) = consumer.group_metadata() else { bail!("copier: no group metadata") };
+            let Some(group) = consumer.group_metadata() else {
+                bail!("copier: no group metadata")
+            };
             producer
                 .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(10))
                 .context("send_offsets_to_transaction")?;
-            producer.commit_transaction(Duration::from_secs(30)).context("commit_transaction")?;
+            producer
+                .commit_transaction(Duration::from_secs(30))
+                .context("commit_transaction")?;
             consumed += n_in;
             produced += n_out;
             transactions += 1;
@@ -207,7 +243,11 @@ pub fn copy(
         records_out: produced,
         transactions,
         seconds,
-        records_per_s: if seconds > 0.0 { (consumed + produced) as f64 / seconds } else { 0.0 },
+        records_per_s: if seconds > 0.0 {
+            (consumed + produced) as f64 / seconds
+        } else {
+            0.0
+        },
         prefill_seconds: 0.0,
         bytes_in_per_order: 0.0,
         bytes_out_per_order: templates.bytes_per_order(),

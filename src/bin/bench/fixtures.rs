@@ -15,7 +15,12 @@ use order_saga::saga::{
 use order_saga::topics;
 
 /// The forward actions in saga order.
-pub const FORWARD: [Action; 4] = [Action::Reserve, Action::Charge, Action::Schedule, Action::Send];
+pub const FORWARD: [Action; 4] = [
+    Action::Reserve,
+    Action::Charge,
+    Action::Schedule,
+    Action::Send,
+];
 
 /// A sample order whose customer id names the run, so its rows can be told apart.
 pub fn order(rng: &mut Rng, run_id: &str, now: Millis) -> OrderRequest {
@@ -52,9 +57,15 @@ pub fn happy_path(policy: &Policy, order: &OrderRequest, now: Millis) -> anyhow:
             });
         }
         match policy.decide(state.as_ref(), &event, now + i as Millis) {
-            Decision::Apply { state: next, commands } => {
+            Decision::Apply {
+                state: next,
+                commands,
+            } => {
                 state = Some(next.clone());
-                steps.push(Step { state: next, commands });
+                steps.push(Step {
+                    state: next,
+                    commands,
+                });
             }
             other => bail!("happy path step {i} did not apply: {other:?}"),
         }
@@ -78,7 +89,9 @@ pub async fn input_records(
         .context("encoding a create")?;
     out.push((topics::ORDER_CREATE_REQUEST, create));
     for (step, action) in steps.iter().zip(FORWARD) {
-        let Some(cmd) = step.commands.first() else { bail!("no command for {action:?}") };
+        let Some(cmd) = step.commands.first() else {
+            bail!("no command for {action:?}")
+        };
         let result = StepResult {
             order_id: order.order_id.clone(),
             command_id: cmd.command_id.clone(),
@@ -89,7 +102,10 @@ pub async fn input_records(
             produced_at: now,
         };
         let topic = topics::result_topic(action.step());
-        let bytes = codec.encode(topic, &StepResultRecord::from(&result)).await.context("encoding a result")?;
+        let bytes = codec
+            .encode(topic, &StepResultRecord::from(&result))
+            .await
+            .context("encoding a result")?;
         out.push((topic, bytes));
     }
     Ok(out)
@@ -105,27 +121,41 @@ pub struct OutputTemplates {
 }
 
 impl OutputTemplates {
-    pub async fn build(codec: &Codec, policy: &Policy, order: &OrderRequest, now: Millis) -> anyhow::Result<Self> {
+    pub async fn build(
+        codec: &Codec,
+        policy: &Policy,
+        order: &OrderRequest,
+        now: Millis,
+    ) -> anyhow::Result<Self> {
         let steps = happy_path(policy, order, now)?;
         let mut status = Vec::new();
         let mut command = Vec::new();
         for step in &steps {
-            let bytes = wire::encode_status(codec, &step.state).await.context("encoding a status")?;
+            let bytes = wire::encode_status(codec, &step.state)
+                .await
+                .context("encoding a status")?;
             status.push(Arc::from(bytes));
             if let Some(cmd) = step.commands.first() {
-                let bytes = wire::encode_command(codec, cmd, &step.state).await.context("encoding a command")?;
+                let bytes = wire::encode_command(codec, cmd, &step.state)
+                    .await
+                    .context("encoding a command")?;
                 command.push((topics::command_topic(cmd.action), Arc::from(bytes)));
             }
         }
         if status.len() != 5 || command.len() != 4 {
-            bail!("happy path gave {} states and {} commands, expected 5 and 4", status.len(), command.len());
+            bail!(
+                "happy path gave {} states and {} commands, expected 5 and 4",
+                status.len(),
+                command.len()
+            );
         }
         Ok(OutputTemplates { status, command })
     }
 
     /// Average bytes of the records written per order (5 statuses and 4 commands).
     pub fn bytes_per_order(&self) -> usize {
-        self.status.iter().map(|s| s.len()).sum::<usize>() + self.command.iter().map(|(_, c)| c.len()).sum::<usize>()
+        self.status.iter().map(|s| s.len()).sum::<usize>()
+            + self.command.iter().map(|(_, c)| c.len()).sum::<usize>()
     }
 }
 

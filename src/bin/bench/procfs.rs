@@ -67,13 +67,22 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             while !flag.load(Ordering::Relaxed) {
                 match read(pid, started.elapsed().as_secs_f64()) {
-                    Some(sample) => s.lock().unwrap_or_else(PoisonError::into_inner).push(sample),
+                    Some(sample) => s
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .push(sample),
                     None => break,
                 }
                 std::thread::sleep(every);
             }
         });
-        Sampler { pid, started, samples, stop, thread: Some(thread) }
+        Sampler {
+            pid,
+            started,
+            samples,
+            stop,
+            thread: Some(thread),
+        }
     }
 
     /// A reading right now (not stored), or the last stored one if the process is gone.
@@ -82,12 +91,19 @@ impl Sampler {
     }
 
     pub fn last(&self) -> Option<Sample> {
-        self.samples.lock().unwrap_or_else(PoisonError::into_inner).last().copied()
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .last()
+            .copied()
     }
 
     /// Every sample so far.
     pub fn samples(&self) -> Vec<Sample> {
-        self.samples.lock().unwrap_or_else(PoisonError::into_inner).clone()
+        self.samples
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// The highest `VmHWM` seen.
@@ -119,11 +135,18 @@ pub struct CpuTimes {
 pub fn machine_cpu() -> Option<CpuTimes> {
     let stat = std::fs::read_to_string("/proc/stat").ok()?;
     let line = stat.lines().next()?;
-    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
     // user nice system idle iowait irq softirq steal …
     let idle = v.get(3)? + v.get(4).copied().unwrap_or(0);
     let total: u64 = v.iter().take(8).sum();
-    Some(CpuTimes { busy: total.saturating_sub(idle), total })
+    Some(CpuTimes {
+        busy: total.saturating_sub(idle),
+        total,
+    })
 }
 
 /// Share of the machine's CPU time that was busy between two readings, 0 to 1.
@@ -135,12 +158,19 @@ pub fn busy_share(from: Option<CpuTimes>, to: Option<CpuTimes>) -> Option<f64> {
 
 /// The 1-minute load average.
 pub fn loadavg() -> Option<f64> {
-    std::fs::read_to_string("/proc/loadavg").ok()?.split_whitespace().next()?.parse().ok()
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Online CPUs.
 pub fn cores() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
 }
 
 pub fn mib(kib: u64) -> f64 {

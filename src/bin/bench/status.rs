@@ -66,27 +66,35 @@ pub struct Tracker {
 impl Tracker {
     pub fn start(config: &Config, partitions: i32, phases: usize) -> anyhow::Result<Tracker> {
         let topic = config.topics().name(topics::ORDER_STATUS);
-        let consumer: BaseConsumer = clients::assigned_reader(config, &format!("{}-bench-tracker", config.application_id))
-            .create()
-            .context("tracker consumer")?;
+        let consumer: BaseConsumer =
+            clients::assigned_reader(config, &format!("{}-bench-tracker", config.application_id))
+                .create()
+                .context("tracker consumer")?;
         let mut tpl = TopicPartitionList::new();
         for p in 0..partitions {
             tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
         }
         consumer.assign(&tpl).context("tracker assign")?;
-        let track = Arc::new(Mutex::new(Track { completed: vec![0; phases], ..Track::default() }));
+        let track = Arc::new(Mutex::new(Track {
+            completed: vec![0; phases],
+            ..Track::default()
+        }));
         let stop = Arc::new(AtomicBool::new(false));
         let (t, s) = (track.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else { continue };
+                let Some(Ok(msg)) = consumer.poll(Duration::from_millis(100)) else {
+                    continue;
+                };
                 let mut g = t.lock().unwrap_or_else(PoisonError::into_inner);
                 g.records += 1;
                 g.next_offsets.insert(msg.partition(), msg.offset() + 1);
                 if let Some(ts) = msg.timestamp().to_millis() {
                     g.last_ts_ms = g.last_ts_ms.max(ts);
                 }
-                let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else { continue };
+                let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
+                    continue;
+                };
                 let n = {
                     let n = g.per_key.entry(key.to_string()).or_insert(0);
                     *n = n.saturating_add(1);
@@ -104,11 +112,20 @@ impl Tracker {
                 }
             }
         });
-        Ok(Tracker { track, stop, thread: Some(thread) })
+        Ok(Tracker {
+            track,
+            stop,
+            thread: Some(thread),
+        })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Track> {
         self.track.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The shared state, for another task to read.
+    pub fn shared(&self) -> Arc<Mutex<Track>> {
+        self.track.clone()
     }
 
     /// Registers orders of `phase` before they are produced.
@@ -181,10 +198,12 @@ pub fn decode_at(
     wanted: &HashMap<(i32, i64), usize>,
 ) -> anyhow::Result<Vec<Completed>> {
     let topic = config.topics().name(topics::ORDER_STATUS);
-    let mut cfg = clients::assigned_reader(config, &format!("{}-bench-decoder", config.application_id));
+    let mut cfg =
+        clients::assigned_reader(config, &format!("{}-bench-decoder", config.application_id));
     cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<clients::EofAwareContext> =
-        cfg.create_with_context(clients::EofAwareContext).context("decoder consumer")?;
+    let consumer: BaseConsumer<clients::EofAwareContext> = cfg
+        .create_with_context(clients::EofAwareContext)
+        .context("decoder consumer")?;
     let mut tpl = TopicPartitionList::new();
     let mut pending = BTreeSet::new();
     for p in 0..partitions {
@@ -202,13 +221,25 @@ pub fn decode_at(
             }
             Some(Err(_)) => {}
             Some(Ok(msg)) => {
-                let Some(phase) = wanted.get(&(msg.partition(), msg.offset())).copied() else { continue };
-                let Some(payload) = msg.payload() else { continue };
+                let Some(phase) = wanted.get(&(msg.partition(), msg.offset())).copied() else {
+                    continue;
+                };
+                let Some(payload) = msg.payload() else {
+                    continue;
+                };
                 let rec: OrderStatusRecord = runtime
                     .block_on(codec.decode(topics::ORDER_STATUS, payload))
                     .context("decoding an order-status record")?;
-                let status = rec.status().map(|s| s.as_str().to_string()).unwrap_or_else(|_| "UNKNOWN".into());
-                out.push(Completed { phase, status, created_at: rec.created_at, updated_at: rec.updated_at });
+                let status = rec
+                    .status()
+                    .map(|s| s.as_str().to_string())
+                    .unwrap_or_else(|_| "UNKNOWN".into());
+                out.push(Completed {
+                    phase,
+                    status,
+                    created_at: rec.created_at,
+                    updated_at: rec.updated_at,
+                });
             }
         }
     }

@@ -1,0 +1,203 @@
+//! Restore speed from a large changelog, and memory before and after.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use serde::Serialize;
+
+use order_saga::config::Config;
+use order_saga::contracts::Codec;
+use order_saga::kafka::clients;
+use order_saga::load::{now_millis, Rng};
+use order_saga::processor::wire;
+use order_saga::saga::{Millis, Policy};
+use order_saga::topics;
+
+use crate::args::BenchArgs;
+use crate::child::{self, Proc};
+use crate::fixtures;
+use crate::procfs::{self, Sampler};
+
+/// Slack allowed above the RSS before the restore for RSS to count as flat.
+pub const FLAT_SLACK_MIB: f64 = 64.0;
+/// Memory allowed per order kept in memory for RSS to count as flat.
+pub const FLAT_PER_ORDER_KIB: f64 = 8.0;
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreResult {
+    pub records_written: u64,
+    pub in_flight_written: u64,
+    pub write_seconds: f64,
+    pub avg_record_bytes: f64,
+    /// From the processor's `state restored` log line.
+    pub records_restored: u64,
+    pub orders_kept: u64,
+    pub restore_seconds: f64,
+    pub records_per_s: f64,
+    /// From starting the process to its `state restored` line.
+    pub wall_to_restored_s: f64,
+    /// RSS when the processor logged `processor started` (clients up, nothing restored).
+    pub rss_before_mib: f64,
+    /// Highest RSS (VmHWM): during the restore.
+    pub rss_peak_mib: f64,
+    /// RSS 3 s after the restore, expired orders dropped.
+    pub rss_after_mib: f64,
+    /// `rss_after ≤ rss_before + FLAT_SLACK_MIB + orders_kept × FLAT_PER_ORDER_KIB`.
+    pub rss_flat: bool,
+}
+
+pub async fn run(
+    config: &Config,
+    args: &BenchArgs,
+    codec: &Codec,
+    run_id: &str,
+    log_dir: &Path,
+) -> anyhow::Result<RestoreResult> {
+    let names = config.topics().all();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    order_saga::kafka::admin::create_topics(config, &refs, args.partitions)
+        .await
+        .context("creating topics")?;
+    let mut result = write_changelog(config, args, codec, run_id).await?;
+
+    println!("[restore] starting the processor on it");
+    let log = log_dir.join(format!("{}processor.log", config.topic_prefix));
+    let started = Instant::now();
+    let mut processor = Proc::spawn(
+        &args.bin,
+        "processor",
+        config,
+        &["run", "--no-sink"],
+        &[],
+        log,
+    )?;
+    let mut sampler = Sampler::start(processor.pid(), Duration::from_millis(100));
+    processor
+        .wait_for_log("processor started", Duration::from_secs(120), |v| {
+            child::message(v) == "processor started"
+        })
+        .await?;
+    let before = sampler.now().map(|s| s.rss_kib).unwrap_or(0);
+    let timeout = Duration::from_secs(120 + args.restore_records / 10_000);
+    let line = processor
+        .wait_for_log("state restored", timeout, |v| {
+            child::message(v) == "state restored" && child::field_u64(v, "records").unwrap_or(0) > 0
+        })
+        .await?;
+    result.wall_to_restored_s = started.elapsed().as_secs_f64();
+    result.records_restored = child::field_u64(&line, "records").unwrap_or(0);
+    result.orders_kept = child::field_u64(&line, "orders").unwrap_or(0);
+    result.restore_seconds = child::field_f64(&line, "seconds").unwrap_or(0.0);
+    result.records_per_s = child::field_f64(&line, "records_per_s").unwrap_or(0.0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    processor.check_alive()?;
+    let after = sampler.now().map(|s| s.rss_kib).unwrap_or(0);
+    result.rss_before_mib = procfs::mib(before);
+    result.rss_after_mib = procfs::mib(after);
+    result.rss_peak_mib = procfs::mib(sampler.peak_kib());
+    result.rss_flat = result.rss_after_mib
+        <= result.rss_before_mib
+            + FLAT_SLACK_MIB
+            + result.orders_kept as f64 * FLAT_PER_ORDER_KIB / 1024.0;
+    let _ = processor.terminate(Duration::from_secs(30)).await;
+    sampler.stop();
+    println!(
+        "[restore]   {} records in {:.2} s = {:.0} records/s; kept {} orders; RSS {:.0} MiB before, {:.0} peak, {:.0} after",
+        result.records_restored,
+        result.restore_seconds,
+        result.records_per_s,
+        result.orders_kept,
+        result.rss_before_mib,
+        result.rss_peak_mib,
+        result.rss_after_mib
+    );
+    Ok(result)
+}
+
+/// Writes `--restore-records` order-status records with the real encoding: mostly
+/// COMPLETED long ago (expired: dropped on restore), some in flight (kept).
+async fn write_changelog(
+    config: &Config,
+    args: &BenchArgs,
+    codec: &Codec,
+    run_id: &str,
+) -> anyhow::Result<RestoreResult> {
+    let total = args.restore_records;
+    println!("[restore] writing {total} order-status records");
+    // Long deadlines, so the orders in flight do not time out while the bench looks.
+    let policy = Policy::from_settings(7 * 86_400_000, 3, 200);
+    let now = now_millis();
+    let mut rng = Rng::new(now as u64 ^ 0x5eed);
+    let sample = fixtures::order(&mut rng, run_id, now);
+    let steps = fixtures::happy_path(&policy, &sample, now)?;
+    let (Some(in_flight), Some(completed)) = (steps.first(), steps.last()) else {
+        bail!("empty happy path");
+    };
+    let old: Millis = now - config.state_retention_ms as Millis - 3_600_000;
+
+    let producer: ThreadedProducer<DefaultProducerContext> =
+        clients::plain_producer(config, &format!("{}-changelog", config.application_id))
+            .set("linger.ms", "50")
+            .set("batch.size", "1000000")
+            .set("queue.buffering.max.messages", "1000000")
+            .set("queue.buffering.max.kbytes", "1048576")
+            .create()
+            .context("changelog producer")?;
+    let topic = config.topics().name(topics::ORDER_STATUS);
+    let started = Instant::now();
+    let mut last_progress = Instant::now();
+    let (mut bytes, mut kept) = (0u64, 0u64);
+    for i in 0..total {
+        let live = rng.chance(args.restore_in_flight_share);
+        let mut state = if live {
+            in_flight.state.clone()
+        } else {
+            completed.state.clone()
+        };
+        state.order_id = rng.uuid_v4().hyphenated().to_string();
+        state.customer_id = format!("bench-{run_id}-customer-{:05}", i % 50_000);
+        if live {
+            kept += 1;
+        } else {
+            state.created_at = old - 2_000;
+            state.updated_at = old;
+        }
+        let value = wire::encode_status(codec, &state)
+            .await
+            .context("encoding a status")?;
+        bytes += value.len() as u64;
+        let mut record: BaseRecord<'_, str, [u8]> = BaseRecord::to(&topic)
+            .key(state.order_id.as_str())
+            .payload(&value);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                Err((e, _)) => bail!("changelog: cannot produce: {e}"),
+            }
+        }
+        if last_progress.elapsed() >= Duration::from_secs(5) {
+            last_progress = Instant::now();
+            println!("[restore]   {} of {total} written", i + 1);
+        }
+    }
+    let flushed = tokio::task::spawn_blocking(move || producer.flush(Duration::from_secs(300)))
+        .await
+        .context("flush thread")?;
+    flushed.context("flushing the changelog")?;
+    let write_seconds = started.elapsed().as_secs_f64();
+    println!("[restore]   written in {write_seconds:.1} s ({kept} in flight)");
+    Ok(RestoreResult {
+        records_written: total,
+        in_flight_written: kept,
+        write_seconds,
+        avg_record_bytes: bytes as f64 / total.max(1) as f64,
+        ..RestoreResult::default()
+    })
+}
