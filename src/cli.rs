@@ -11,7 +11,7 @@ use crate::config::Config;
 use crate::contracts::registry::{self, RegistryClient};
 use crate::contracts::Codec;
 use crate::processor::{self, metrics::Metrics};
-use crate::{db, kafka, report, sink, simulate, load};
+use crate::{db, kafka, load, report, simulate, sink};
 
 pub use crate::load::LoadArgs;
 pub use crate::report::ReportArgs;
@@ -157,7 +157,9 @@ pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<(
 /// `order-saga status <id>`: false if the order is unknown.
 pub async fn status(config: &Config, order_id: &str) -> anyhow::Result<bool> {
     let client = db::connect(&config.database_url, Duration::from_secs(30)).await?;
-    report::print_order(&client, order_id).await.context("reading the order")
+    report::print_order(&client, order_id)
+        .await
+        .context("reading the order")
 }
 
 /// `order-saga report`.

@@ -37,16 +37,31 @@ pub enum LogFormat {
 #[derive(Debug, Clone, Args)]
 pub struct Config {
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(long, env = "ORDER_SAGA_BOOTSTRAP", default_value = "localhost:9092", global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_BOOTSTRAP",
+        default_value = "localhost:9092",
+        global = true
+    )]
     pub bootstrap: String,
 
     /// Application id: the processor's consumer group and the prefix of its transactional id.
-    #[arg(long, env = "ORDER_SAGA_APPLICATION_ID", default_value = "order", global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_APPLICATION_ID",
+        default_value = "order",
+        global = true
+    )]
     pub application_id: String,
 
     /// This instance's stable id; the transactional id is `<application-id>-<instance-id>`.
     /// Two live instances must never share it: the newer fences the older.
-    #[arg(long, env = "ORDER_SAGA_INSTANCE_ID", default_value = "0", global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_INSTANCE_ID",
+        default_value = "0",
+        global = true
+    )]
     pub instance_id: String,
 
     /// Base URL of the Confluent-compatible schema registry API.
@@ -68,41 +83,86 @@ pub struct Config {
     pub database_url: String,
 
     /// How often the processor commits its transaction, in milliseconds.
-    #[arg(long, env = "ORDER_SAGA_COMMIT_INTERVAL_MS", default_value_t = 100, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_COMMIT_INTERVAL_MS",
+        default_value_t = 100,
+        global = true
+    )]
     pub commit_interval_ms: u64,
 
     /// Kafka `transaction.timeout.ms`; kept short so a dead instance's transaction is
     /// aborted by the broker quickly.
-    #[arg(long, env = "ORDER_SAGA_TRANSACTION_TIMEOUT_MS", default_value_t = 30_000, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
     pub transaction_timeout_ms: u64,
 
     /// How long a terminal order stays in memory before it is evicted, in milliseconds.
-    #[arg(long, env = "ORDER_SAGA_STATE_RETENTION_MS", default_value_t = 600_000, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_STATE_RETENTION_MS",
+        default_value_t = 600_000,
+        global = true
+    )]
     pub state_retention_ms: u64,
 
     /// Deadline of one downstream command, in milliseconds.
-    #[arg(long, env = "ORDER_SAGA_STEP_TIMEOUT_MS", default_value_t = 30_000, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_STEP_TIMEOUT_MS",
+        default_value_t = 30_000,
+        global = true
+    )]
     pub step_timeout_ms: u64,
 
     /// Attempts of one command before the step fails for good.
-    #[arg(long, env = "ORDER_SAGA_MAX_ATTEMPTS", default_value_t = 3, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_MAX_ATTEMPTS",
+        default_value_t = 3,
+        global = true
+    )]
     pub max_attempts: u32,
 
     /// First retry delay after a retriable failure, in milliseconds; doubles per attempt.
-    #[arg(long, env = "ORDER_SAGA_RETRY_BACKOFF_MS", default_value_t = 200, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_RETRY_BACKOFF_MS",
+        default_value_t = 200,
+        global = true
+    )]
     pub retry_backoff_ms: u64,
 
     /// Consumer group of the PostgreSQL sink.
-    #[arg(long, env = "ORDER_SAGA_SINK_GROUP", default_value = "order-pg-sink", global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_SINK_GROUP",
+        default_value = "order-pg-sink",
+        global = true
+    )]
     pub sink_group: String,
 
     /// Seconds between the periodic progress and counter log lines.
-    #[arg(long, env = "ORDER_SAGA_STATS_INTERVAL_S", default_value_t = 10, global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_STATS_INTERVAL_S",
+        default_value_t = 10,
+        global = true
+    )]
     pub stats_interval_s: u64,
 
     /// Prefix put before every topic name, so that several saga deployments (or tests)
     /// can share one cluster. Empty in production.
-    #[arg(long, env = "ORDER_SAGA_TOPIC_PREFIX", default_value = "", global = true)]
+    #[arg(
+        long,
+        env = "ORDER_SAGA_TOPIC_PREFIX",
+        default_value = "",
+        global = true
+    )]
     pub topic_prefix: String,
 
     /// Log format.
@@ -111,7 +171,12 @@ pub struct Config {
 }
 
 fn err(key: &'static str, env: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
-    ConfigError { key, env, value: value.to_string(), allowed: allowed.to_string() }
+    ConfigError {
+        key,
+        env,
+        value: value.to_string(),
+        allowed: allowed.to_string(),
+    }
 }
 
 fn in_range(
@@ -124,7 +189,12 @@ fn in_range(
     if (lo..=hi).contains(&value) {
         Ok(())
     } else {
-        Err(err(key, env, value, &format!("an integer from {lo} to {hi}")))
+        Err(err(
+            key,
+            env,
+            value,
+            &format!("an integer from {lo} to {hi}"),
+        ))
     }
 }
 
@@ -132,7 +202,8 @@ fn in_range(
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 200
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
 }
 
 impl Config {
@@ -153,12 +224,21 @@ impl Config {
             ));
         }
         for (key, env, value) in [
-            ("--application-id", "ORDER_SAGA_APPLICATION_ID", &self.application_id),
+            (
+                "--application-id",
+                "ORDER_SAGA_APPLICATION_ID",
+                &self.application_id,
+            ),
             ("--instance-id", "ORDER_SAGA_INSTANCE_ID", &self.instance_id),
             ("--sink-group", "ORDER_SAGA_SINK_GROUP", &self.sink_group),
         ] {
             if !valid_id(value) {
-                return Err(err(key, env, value, "1 to 200 characters of A-Z a-z 0-9 - _ ."));
+                return Err(err(
+                    key,
+                    env,
+                    value,
+                    "1 to 200 characters of A-Z a-z 0-9 - _ .",
+                ));
             }
         }
         if !self.topic_prefix.is_empty() && !valid_id(&self.topic_prefix) {
@@ -186,7 +266,13 @@ impl Config {
                 "a PostgreSQL URL such as postgres://user:password@host:5432/db",
             ));
         }
-        in_range("--commit-interval-ms", "ORDER_SAGA_COMMIT_INTERVAL_MS", self.commit_interval_ms, 1, 60_000)?;
+        in_range(
+            "--commit-interval-ms",
+            "ORDER_SAGA_COMMIT_INTERVAL_MS",
+            self.commit_interval_ms,
+            1,
+            60_000,
+        )?;
         in_range(
             "--transaction-timeout-ms",
             "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
@@ -202,11 +288,41 @@ impl Config {
                 "more than twice --commit-interval-ms",
             ));
         }
-        in_range("--state-retention-ms", "ORDER_SAGA_STATE_RETENTION_MS", self.state_retention_ms, 0, 30 * 86_400_000)?;
-        in_range("--step-timeout-ms", "ORDER_SAGA_STEP_TIMEOUT_MS", self.step_timeout_ms, 10, 7 * 86_400_000)?;
-        in_range("--max-attempts", "ORDER_SAGA_MAX_ATTEMPTS", u64::from(self.max_attempts), 1, 100)?;
-        in_range("--retry-backoff-ms", "ORDER_SAGA_RETRY_BACKOFF_MS", self.retry_backoff_ms, 1, 3_600_000)?;
-        in_range("--stats-interval-s", "ORDER_SAGA_STATS_INTERVAL_S", self.stats_interval_s, 1, 3_600)?;
+        in_range(
+            "--state-retention-ms",
+            "ORDER_SAGA_STATE_RETENTION_MS",
+            self.state_retention_ms,
+            0,
+            30 * 86_400_000,
+        )?;
+        in_range(
+            "--step-timeout-ms",
+            "ORDER_SAGA_STEP_TIMEOUT_MS",
+            self.step_timeout_ms,
+            10,
+            7 * 86_400_000,
+        )?;
+        in_range(
+            "--max-attempts",
+            "ORDER_SAGA_MAX_ATTEMPTS",
+            u64::from(self.max_attempts),
+            1,
+            100,
+        )?;
+        in_range(
+            "--retry-backoff-ms",
+            "ORDER_SAGA_RETRY_BACKOFF_MS",
+            self.retry_backoff_ms,
+            1,
+            3_600_000,
+        )?;
+        in_range(
+            "--stats-interval-s",
+            "ORDER_SAGA_STATS_INTERVAL_S",
+            self.stats_interval_s,
+            1,
+            3_600,
+        )?;
         Ok(())
     }
 
@@ -226,7 +342,11 @@ impl Config {
 
     /// The saga policy these settings describe.
     pub fn policy(&self) -> Policy {
-        Policy::from_settings(self.step_timeout_ms as i64, self.max_attempts, self.retry_backoff_ms as i64)
+        Policy::from_settings(
+            self.step_timeout_ms as i64,
+            self.max_attempts,
+            self.retry_backoff_ms as i64,
+        )
     }
 }
 
@@ -260,9 +380,14 @@ mod tests {
 
     #[test]
     fn zero_commit_interval_is_refused_naming_the_key() {
-        let e = parse(&["--commit-interval-ms", "0"]).validate().unwrap_err();
+        let e = parse(&["--commit-interval-ms", "0"])
+            .validate()
+            .unwrap_err();
         assert_eq!(e.key, "--commit-interval-ms");
-        assert!(e.to_string().contains("ORDER_SAGA_COMMIT_INTERVAL_MS"), "{e}");
+        assert!(
+            e.to_string().contains("ORDER_SAGA_COMMIT_INTERVAL_MS"),
+            "{e}"
+        );
         assert!(e.to_string().contains("from 1 to 60000"), "{e}");
     }
 
@@ -280,7 +405,9 @@ mod tests {
 
     #[test]
     fn registry_url_must_be_http() {
-        let e = parse(&["--registry-url", "localhost:8080"]).validate().unwrap_err();
+        let e = parse(&["--registry-url", "localhost:8080"])
+            .validate()
+            .unwrap_err();
         assert_eq!(e.key, "--registry-url");
     }
 
@@ -295,9 +422,14 @@ mod tests {
 
     #[test]
     fn transaction_timeout_must_exceed_twice_the_commit_interval() {
-        let e = parse(&["--commit-interval-ms", "5000", "--transaction-timeout-ms", "9000"])
-            .validate()
-            .unwrap_err();
+        let e = parse(&[
+            "--commit-interval-ms",
+            "5000",
+            "--transaction-timeout-ms",
+            "9000",
+        ])
+        .validate()
+        .unwrap_err();
         assert_eq!(e.key, "--transaction-timeout-ms");
     }
 }

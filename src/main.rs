@@ -10,7 +10,11 @@ use order_saga::config::{Config, LogFormat};
 use order_saga::{cli, signals};
 
 #[derive(Parser)]
-#[command(name = "order-saga", version, about = "Exactly-once order saga processor for Kafka")]
+#[command(
+    name = "order-saga",
+    version,
+    about = "Exactly-once order saga processor for Kafka"
+)]
 struct Cli {
     #[command(flatten)]
     config: Config,
@@ -98,25 +102,33 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
     let config = cli.config;
     match cli.command {
         Command::Run { no_sink } => {
-            cli::run(config, !no_sink, signals::shutdown_signal()).await.context("processor")?;
+            cli::run(config, !no_sink, signals::shutdown_signal())
+                .await
+                .context("processor")?;
         }
-        Command::Sink => cli::sink(config, signals::shutdown_signal()).await.context("sink")?,
-        Command::Simulate(args) => {
-            cli::simulate(config, args, signals::shutdown_signal()).await.context("simulator")?
-        }
+        Command::Sink => cli::sink(config, signals::shutdown_signal())
+            .await
+            .context("sink")?,
+        Command::Simulate(args) => cli::simulate(config, args, signals::shutdown_signal())
+            .await
+            .context("simulator")?,
         Command::Load(args) => cli::load(config, args).await.context("load")?,
-        Command::Schemas { action: SchemasAction::Register } => {
-            cli::schemas_register(&config).await.context("schemas register")?
-        }
-        Command::Schemas { action: SchemasAction::Check } => {
+        Command::Schemas {
+            action: SchemasAction::Register,
+        } => cli::schemas_register(&config)
+            .await
+            .context("schemas register")?,
+        Command::Schemas {
+            action: SchemasAction::Check,
+        } => {
             if !cli::schemas_check(&config).await.context("schemas check")? {
                 return Ok(ExitCode::FAILURE);
             }
         }
         Command::Migrate => cli::migrate(&config).await.context("migrate")?,
-        Command::CreateTopics { partitions } => {
-            cli::create_topics(&config, partitions).await.context("create topics")?
-        }
+        Command::CreateTopics { partitions } => cli::create_topics(&config, partitions)
+            .await
+            .context("create topics")?,
         Command::Status { order_id } => {
             if !cli::status(&config, &order_id).await.context("status")? {
                 return Ok(ExitCode::FAILURE);

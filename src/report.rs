@@ -372,8 +372,13 @@ async fn wait_for(
 pub async fn print_report(client: &Client, args: &ReportArgs) -> Result<(), ReportError> {
     let mut timed_out = None;
     if let Some(wanted) = args.wait_for {
-        let (orders, terminal, done) =
-            wait_for(client, wanted, args.since_ms, Duration::from_secs(args.timeout_s)).await?;
+        let (orders, terminal, done) = wait_for(
+            client,
+            wanted,
+            args.since_ms,
+            Duration::from_secs(args.timeout_s),
+        )
+        .await?;
         if !done {
             timed_out = Some(ReportError::WaitTimedOut {
                 wanted,

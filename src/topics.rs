@@ -93,7 +93,9 @@ pub struct Topics {
 
 impl Topics {
     pub fn new(prefix: &str) -> Self {
-        Topics { prefix: prefix.to_string() }
+        Topics {
+            prefix: prefix.to_string(),
+        }
     }
 
     /// The deployed name of a fixed topic name such as [`ORDER_STATUS`].
@@ -103,7 +105,9 @@ impl Topics {
 
     /// The fixed name behind a deployed topic name, if it is one of ours.
     pub fn base<'a>(&self, deployed: &'a str) -> Option<&'a str> {
-        deployed.strip_prefix(self.prefix.as_str()).filter(|b| ALL.contains(b))
+        deployed
+            .strip_prefix(self.prefix.as_str())
+            .filter(|b| ALL.contains(b))
     }
 
     pub fn inputs(&self) -> Vec<String> {

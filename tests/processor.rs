@@ -28,7 +28,12 @@ async fn setup(extra: &[&str]) -> Setup {
     let codec = codec();
     let producer = producer(&config);
     let processor = spawn(&config, "p0", &["run", "--no-sink"]);
-    Setup { config, codec, producer, processor }
+    Setup {
+        config,
+        codec,
+        producer,
+        processor,
+    }
 }
 
 fn count_actions(cmds: &[CommandHeader], id: &str) -> HashMap<Action, usize> {
@@ -51,7 +56,9 @@ async fn every_order_completes_with_exactly_one_command_of_each_kind() {
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
 
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Completed));
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
     for id in ids(&orders) {
         // CREATED, RESERVED, PAID, SHIPPING_SCHEDULED, COMPLETED: one version each.
         assert_eq!(states[&id].0.version, 5, "order {id}");
@@ -60,7 +67,12 @@ async fn every_order_completes_with_exactly_one_command_of_each_kind() {
     assert_eq!(cmds.len(), orders.len() * 4);
     for id in ids(&orders) {
         let counts = count_actions(&cmds, &id);
-        for a in [Action::Reserve, Action::Charge, Action::Schedule, Action::Send] {
+        for a in [
+            Action::Reserve,
+            Action::Charge,
+            Action::Schedule,
+            Action::Send,
+        ] {
             assert_eq!(counts.get(&a), Some(&1), "order {id} action {a:?}");
         }
     }
@@ -73,7 +85,12 @@ async fn a_failure_at_each_step_ends_in_its_status_with_its_compensations() {
     // Order i fails at step i: inventory, payment, shipping, notification.
     let fail_at: HashMap<String, Action> = orders
         .iter()
-        .zip([Action::Reserve, Action::Charge, Action::Schedule, Action::Send])
+        .zip([
+            Action::Reserve,
+            Action::Charge,
+            Action::Schedule,
+            Action::Send,
+        ])
         .map(|(o, a)| (o.order_id.clone(), a))
         .collect();
     let script_map = fail_at.clone();
@@ -87,19 +104,37 @@ async fn a_failure_at_each_step_ends_in_its_status_with_its_compensations() {
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
     let got = statuses(&states, &ids(&orders));
-    assert_eq!(got, vec![Status::Failed, Status::Failed, Status::Canceled, Status::Failed]);
+    assert_eq!(
+        got,
+        vec![
+            Status::Failed,
+            Status::Failed,
+            Status::Canceled,
+            Status::Failed
+        ]
+    );
 
     let cmds = committed_commands(&s.config, &s.codec).await;
     let comp = |i: usize| {
         let c = count_actions(&cmds, &orders[i].order_id);
-        (c.get(&Action::Release).copied().unwrap_or(0), c.get(&Action::Refund).copied().unwrap_or(0))
+        (
+            c.get(&Action::Release).copied().unwrap_or(0),
+            c.get(&Action::Refund).copied().unwrap_or(0),
+        )
     };
     assert_eq!(comp(0), (0, 0), "inventory failure: nothing to undo");
     assert_eq!(comp(1), (1, 0), "payment failure releases the stock");
     assert_eq!(comp(2), (1, 1), "shipping failure refunds and releases");
-    assert_eq!(comp(3), (0, 0), "notification failure: goods are on their way");
+    assert_eq!(
+        comp(3),
+        (0, 0),
+        "notification failure: goods are on their way"
+    );
     for i in 0..4 {
-        assert!(states[&orders[i].order_id].1.reason.is_some(), "order {i} has a reason");
+        assert!(
+            states[&orders[i].order_id].1.reason.is_some(),
+            "order {i} has a reason"
+        );
     }
 }
 
@@ -110,7 +145,12 @@ async fn a_cancel_is_accepted_before_shipping_and_refused_after() {
     // Order i is held at the i-th status by never answering the command that would move it on.
     let hold: HashMap<String, Action> = orders
         .iter()
-        .zip([Action::Reserve, Action::Charge, Action::Schedule, Action::Send])
+        .zip([
+            Action::Reserve,
+            Action::Charge,
+            Action::Schedule,
+            Action::Send,
+        ])
         .map(|(o, a)| (o.order_id.clone(), a))
         .collect();
     let script_map = hold.clone();
@@ -122,7 +162,12 @@ async fn a_cancel_is_accepted_before_shipping_and_refused_after() {
         }
     });
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
-    let held = [Status::Created, Status::Reserved, Status::Paid, Status::ShippingScheduled];
+    let held = [
+        Status::Created,
+        Status::Reserved,
+        Status::Paid,
+        Status::ShippingScheduled,
+    ];
     let expected: HashMap<String, Status> = ids(&orders).into_iter().zip(held).collect();
     let exp = expected.clone();
     let all_ids = ids(&orders);
@@ -143,14 +188,26 @@ async fn a_cancel_is_accepted_before_shipping_and_refused_after() {
     let states = wait_for_states(&s.config, &s.codec, &all_ids, WAIT, settled).await;
     assert_eq!(
         statuses(&states, &all_ids),
-        vec![Status::Canceled, Status::Canceled, Status::Canceled, Status::ShippingScheduled]
+        vec![
+            Status::Canceled,
+            Status::Canceled,
+            Status::Canceled,
+            Status::ShippingScheduled
+        ]
     );
     let cmds = committed_commands(&s.config, &s.codec).await;
     let comp = |i: usize| {
         let c = count_actions(&cmds, &orders[i].order_id);
-        (c.get(&Action::Release).copied().unwrap_or(0), c.get(&Action::Refund).copied().unwrap_or(0))
+        (
+            c.get(&Action::Release).copied().unwrap_or(0),
+            c.get(&Action::Refund).copied().unwrap_or(0),
+        )
     };
-    assert_eq!(comp(0), (0, 0), "cancel in CREATED: the reservation is still in flight");
+    assert_eq!(
+        comp(0),
+        (0, 0),
+        "cancel in CREATED: the reservation is still in flight"
+    );
     assert_eq!(comp(1), (1, 0), "cancel in RESERVED releases");
     assert_eq!(comp(2), (1, 1), "cancel in PAID refunds and releases");
     assert_eq!(comp(3), (0, 0), "cancel after shipping is refused");
@@ -158,16 +215,34 @@ async fn a_cancel_is_accepted_before_shipping_and_refused_after() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_unanswered_step_times_out_after_its_retries() {
-    let s = setup(&["--step-timeout-ms", "800", "--max-attempts", "2", "--retry-backoff-ms", "100"]).await;
+    let s = setup(&[
+        "--step-timeout-ms",
+        "800",
+        "--max-attempts",
+        "2",
+        "--retry-backoff-ms",
+        "100",
+    ])
+    .await;
     let orders: Vec<_> = (0..3).map(order).collect();
     let downstream = Downstream::start(&s.config, s.codec.clone(), |_| vec![]);
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Failed));
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Failed));
     let cmds = committed_commands(&s.config, &s.codec).await;
     for id in ids(&orders) {
-        let attempts: HashSet<i32> = cmds.iter().filter(|c| c.order_id == id).map(|c| c.attempt).collect();
-        assert_eq!(attempts, HashSet::from([1, 2]), "two reservation attempts for {id}");
+        let attempts: HashSet<i32> = cmds
+            .iter()
+            .filter(|c| c.order_id == id)
+            .map(|c| c.attempt)
+            .collect();
+        assert_eq!(
+            attempts,
+            HashSet::from([1, 2]),
+            "two reservation attempts for {id}"
+        );
         assert_eq!(count_actions(&cmds, &id).get(&Action::Reserve), Some(&2));
     }
     assert!(!downstream.seen().is_empty());
@@ -177,7 +252,11 @@ async fn an_unanswered_step_times_out_after_its_retries() {
 async fn duplicated_results_move_an_order_only_once() {
     let s = setup(&[]).await;
     let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| {
-        vec![Reply { outcome: order_saga::saga::Outcome::Success, retriable: false, copies: 3 }]
+        vec![Reply {
+            outcome: order_saga::saga::Outcome::Success,
+            retriable: false,
+            copies: 3,
+        }]
     });
     let orders: Vec<_> = (0..10).map(order).collect();
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
@@ -196,31 +275,88 @@ async fn poison_records_are_dead_lettered_and_later_orders_complete() {
     let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| Reply::success());
     let id = uuid::Uuid::new_v4().to_string();
     // Bad magic byte, unknown schema id, garbage after a valid header, and no key.
-    produce_raw(&s.producer, &s.config, topics::ORDER_CREATE_REQUEST, Some(&id), b"{\"json\":true}").await;
-    produce_raw(&s.producer, &s.config, topics::ORDER_CREATE_REQUEST, Some(&id), &[0, 0x7f, 0xff, 0xff, 0xf0, 1, 2]).await;
-    let valid = s.codec.encode(topics::ORDER_CREATE_REQUEST, &order_saga::contracts::records::OrderCreate::from(&order(1))).await.unwrap();
+    produce_raw(
+        &s.producer,
+        &s.config,
+        topics::ORDER_CREATE_REQUEST,
+        Some(&id),
+        b"{\"json\":true}",
+    )
+    .await;
+    produce_raw(
+        &s.producer,
+        &s.config,
+        topics::ORDER_CREATE_REQUEST,
+        Some(&id),
+        &[0, 0x7f, 0xff, 0xff, 0xf0, 1, 2],
+    )
+    .await;
+    let valid = s
+        .codec
+        .encode(
+            topics::ORDER_CREATE_REQUEST,
+            &order_saga::contracts::records::OrderCreate::from(&order(1)),
+        )
+        .await
+        .unwrap();
     let mut truncated = valid[..8].to_vec();
     truncated.extend_from_slice(&[0xff; 3]);
-    produce_raw(&s.producer, &s.config, topics::ORDER_CREATE_REQUEST, Some(&id), &truncated).await;
-    produce_raw(&s.producer, &s.config, topics::PAYMENT_PROCESS_RESULT, None, &valid).await;
+    produce_raw(
+        &s.producer,
+        &s.config,
+        topics::ORDER_CREATE_REQUEST,
+        Some(&id),
+        &truncated,
+    )
+    .await;
+    produce_raw(
+        &s.producer,
+        &s.config,
+        topics::PAYMENT_PROCESS_RESULT,
+        None,
+        &valid,
+    )
+    .await;
 
     let orders: Vec<_> = (0..5).map(order).collect();
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Completed));
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
 
     let cfg = s.config.clone();
-    let dlq = tokio::task::spawn_blocking(move || read_to_end(&cfg, &[topics::ORDER_DLQ])).await.unwrap();
-    assert_eq!(dlq.len(), 4, "every poison record, and only those, is dead-lettered");
+    let dlq = tokio::task::spawn_blocking(move || read_to_end(&cfg, &[topics::ORDER_DLQ]))
+        .await
+        .unwrap();
+    assert_eq!(
+        dlq.len(),
+        4,
+        "every poison record, and only those, is dead-lettered"
+    );
     let kinds: Vec<String> = dlq
         .iter()
-        .map(|(_, _, _, h)| h.iter().find(|(k, _)| k == "dlq.error.kind").map(|(_, v)| v.clone()).unwrap_or_default())
+        .map(|(_, _, _, h)| {
+            h.iter()
+                .find(|(k, _)| k == "dlq.error.kind")
+                .map(|(_, v)| v.clone())
+                .unwrap_or_default()
+        })
         .collect();
-    assert!(kinds.contains(&"bad_magic_byte".to_string()) || kinds.iter().any(|k| k.contains("magic")), "{kinds:?}");
+    assert!(
+        kinds.contains(&"bad_magic_byte".to_string()) || kinds.iter().any(|k| k.contains("magic")),
+        "{kinds:?}"
+    );
     assert!(kinds.contains(&"missing_key".to_string()), "{kinds:?}");
     for (_, _, value, headers) in &dlq {
         let h: HashMap<_, _> = headers.iter().cloned().collect();
-        for key in ["dlq.source.topic", "dlq.source.partition", "dlq.source.offset", "dlq.error.kind", "dlq.error.message"] {
+        for key in [
+            "dlq.source.topic",
+            "dlq.source.partition",
+            "dlq.source.offset",
+            "dlq.error.kind",
+            "dlq.error.message",
+        ] {
             assert!(h.contains_key(key), "missing header {key} in {h:?}");
         }
         assert!(!value.is_empty(), "the original value is kept");
@@ -240,8 +376,17 @@ async fn a_processor_killed_mid_load_resumes_without_duplicates_or_losses() {
     produce_orders(&s.producer, &s.config, &s.codec, second).await;
     let _restarted = spawn(&s.config, "p0", &["run", "--no-sink"]);
 
-    let states = wait_for_states(&s.config, &s.codec, &ids(&orders), Duration::from_secs(150), terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Completed));
+    let states = wait_for_states(
+        &s.config,
+        &s.codec,
+        &ids(&orders),
+        Duration::from_secs(150),
+        terminal,
+    )
+    .await;
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
     let cmds = committed_commands(&s.config, &s.codec).await;
     let unique: HashSet<&str> = cmds.iter().map(|c| c.command_id.as_str()).collect();
     assert_eq!(unique.len(), cmds.len(), "a command id appears twice");
@@ -258,7 +403,9 @@ async fn two_instances_share_the_partitions_and_both_make_progress() {
     let orders: Vec<_> = (0..60).map(order).collect();
     produce_orders(&s.producer, &s.config, &s.codec, &orders).await;
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Completed));
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
 
     assert_eq!(s.processor.terminate(Duration::from_secs(30)), Some(0));
     assert_eq!(second.terminate(Duration::from_secs(30)), Some(0));
@@ -266,7 +413,14 @@ async fn two_instances_share_the_partitions_and_both_make_progress() {
         let changes = log
             .lines()
             .filter(|l| l.contains("processor stopped"))
-            .find_map(|l| l.split("state_changes=").nth(1)?.split_whitespace().next()?.parse::<u64>().ok())
+            .find_map(|l| {
+                l.split("state_changes=")
+                    .nth(1)?
+                    .split_whitespace()
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
             .unwrap_or(0);
         assert!(changes > 0, "an instance made no progress:\n{log}");
     }
@@ -285,11 +439,19 @@ async fn a_zombie_with_the_same_transactional_id_is_fenced_and_its_writes_never_
     produce_orders(&s.producer, &s.config, &s.codec, second).await;
 
     let code = s.processor.wait_exit(Duration::from_secs(60));
-    assert!(matches!(code, Some(c) if c != 0), "the zombie must exit with an error, got {code:?}");
-    assert!(s.processor.log_text().contains("fenced"), "the zombie says it was fenced");
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the zombie must exit with an error, got {code:?}"
+    );
+    assert!(
+        s.processor.log_text().contains("fenced"),
+        "the zombie says it was fenced"
+    );
 
     let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
-    assert!(statuses(&states, &ids(&orders)).iter().all(|st| *st == Status::Completed));
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
     let cmds = committed_commands(&s.config, &s.codec).await;
     let unique: HashSet<&str> = cmds.iter().map(|c| c.command_id.as_str()).collect();
     assert_eq!(unique.len(), cmds.len(), "a zombie write became visible");

@@ -722,6 +722,7 @@ async fn the_table_equals_the_fold_of_the_changelog_and_aborted_records_never_sh
         wait_for: None,
         timeout_s: 1,
         json: true,
+        since_ms: 0,
     };
     report::print_report(&db, &args).await.expect("report");
 

@@ -48,7 +48,10 @@ pub async fn connect(url: &str, give_up_after: Duration) -> Result<Client, DbErr
                 tokio::time::sleep(delay).await;
             }
             Err(e) => {
-                return Err(DbError::Unreachable { waited: started.elapsed(), last: e.to_string() })
+                return Err(DbError::Unreachable {
+                    waited: started.elapsed(),
+                    last: e.to_string(),
+                })
             }
         }
     }
@@ -59,14 +62,21 @@ pub async fn connect(url: &str, give_up_after: Duration) -> Result<Client, DbErr
 /// Refinery takes no lock of its own, so two instances starting at once could both try
 /// to apply the same version; the lock makes the second wait and then find nothing to do.
 pub async fn migrate(client: &mut Client) -> Result<Vec<String>, DbError> {
-    client.execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY]).await?;
+    client
+        .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK_KEY])
+        .await?;
     let result = embedded::migrations::runner().run_async(client).await;
     // Unlock even when the run failed, so a retry in this session is not blocked by us.
-    let unlock = client.execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY]).await;
+    let unlock = client
+        .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK_KEY])
+        .await;
     let report = result?;
     unlock?;
-    let applied: Vec<String> =
-        report.applied_migrations().iter().map(|m| m.to_string()).collect();
+    let applied: Vec<String> = report
+        .applied_migrations()
+        .iter()
+        .map(|m| m.to_string())
+        .collect();
     info!(applied = applied.len(), "migrations up to date");
     Ok(applied)
 }

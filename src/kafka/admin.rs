@@ -15,7 +15,10 @@ pub enum AdminError {
     #[error("kafka admin: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topic {topic}: {code}")]
-    Topic { topic: String, code: RDKafkaErrorCode },
+    Topic {
+        topic: String,
+        code: RDKafkaErrorCode,
+    },
     #[error("topic {0} does not exist")]
     Missing(String),
     #[error(
@@ -45,7 +48,8 @@ pub async fn create_topics(
             if *name == topics::ORDER_STATUS || name.ends_with(topics::ORDER_STATUS) {
                 // The sink's history table needs every version; compaction may drop old
                 // ones only after readers have had an hour to see them.
-                t.set("cleanup.policy", "compact").set("min.compaction.lag.ms", "3600000")
+                t.set("cleanup.policy", "compact")
+                    .set("min.compaction.lag.ms", "3600000")
             } else {
                 t
             }
@@ -83,11 +87,15 @@ pub async fn create_topics(
 /// The partition count of each of `names`, failing on a missing topic.
 pub fn partition_counts(config: &Config, names: &[&str]) -> Result<Vec<i32>, AdminError> {
     use rdkafka::consumer::{BaseConsumer, Consumer};
-    let consumer: BaseConsumer = crate::kafka::clients::assigned_reader(config, "order-saga-meta").create()?;
+    let consumer: BaseConsumer =
+        crate::kafka::clients::assigned_reader(config, "order-saga-meta").create()?;
     let mut counts = Vec::with_capacity(names.len());
     for name in names {
         let md = consumer.fetch_metadata(Some(name), Duration::from_secs(10))?;
-        let topic = md.topics().first().ok_or_else(|| AdminError::Missing(name.to_string()))?;
+        let topic = md
+            .topics()
+            .first()
+            .ok_or_else(|| AdminError::Missing(name.to_string()))?;
         if topic.error().is_some() || topic.partitions().is_empty() {
             return Err(AdminError::Missing(name.to_string()));
         }

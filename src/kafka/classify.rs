@@ -143,41 +143,74 @@ mod tests {
 
     #[test]
     fn a_flush_timeout_inside_commit_is_retried() {
-        assert_eq!(classify(&KafkaError::Flush(C::OperationTimedOut)), ErrorClass::Retry);
+        assert_eq!(
+            classify(&KafkaError::Flush(C::OperationTimedOut)),
+            ErrorClass::Retry
+        );
     }
 
     #[test]
     fn a_fenced_producer_is_fatal_wherever_it_surfaces() {
-        assert_eq!(classify(&KafkaError::MessageProduction(C::ProducerFenced)), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(C::ProducerFenced)),
+            ErrorClass::Fatal
+        );
         assert_eq!(classify(&KafkaError::Flush(C::Fenced)), ErrorClass::Fatal);
-        assert_eq!(classify(&KafkaError::Global(C::InvalidProducerEpoch)), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&KafkaError::Global(C::InvalidProducerEpoch)),
+            ErrorClass::Fatal
+        );
     }
 
     #[test]
     fn a_full_local_queue_is_retried() {
-        assert_eq!(classify(&KafkaError::MessageProduction(C::QueueFull)), ErrorClass::Retry);
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(C::QueueFull)),
+            ErrorClass::Retry
+        );
     }
 
     #[test]
     fn a_record_that_could_not_be_produced_aborts_the_transaction() {
-        assert_eq!(classify(&KafkaError::MessageProduction(C::MessageSizeTooLarge)), ErrorClass::Abort);
-        assert_eq!(classify(&KafkaError::MessageProduction(C::UnknownTopicOrPartition)), ErrorClass::Abort);
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(C::MessageSizeTooLarge)),
+            ErrorClass::Abort
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageProduction(C::UnknownTopicOrPartition)),
+            ErrorClass::Abort
+        );
     }
 
     #[test]
     fn broker_outages_while_consuming_are_retried() {
-        assert_eq!(classify(&KafkaError::Global(C::AllBrokersDown)), ErrorClass::Retry);
-        assert_eq!(classify(&KafkaError::MessageConsumption(C::BrokerTransportFailure)), ErrorClass::Retry);
+        assert_eq!(
+            classify(&KafkaError::Global(C::AllBrokersDown)),
+            ErrorClass::Retry
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageConsumption(C::BrokerTransportFailure)),
+            ErrorClass::Retry
+        );
     }
 
     #[test]
     fn a_stale_group_generation_on_offset_commit_aborts() {
-        assert_eq!(classify(&KafkaError::ConsumerCommit(C::IllegalGeneration)), ErrorClass::Abort);
+        assert_eq!(
+            classify(&KafkaError::ConsumerCommit(C::IllegalGeneration)),
+            ErrorClass::Abort
+        );
     }
 
     #[test]
     fn configuration_errors_are_fatal() {
-        assert_eq!(classify(&KafkaError::ClientCreation("bad".into())), ErrorClass::Fatal);
-        assert_eq!(classify(&KafkaError::MessageConsumptionFatal(C::Fail)), ErrorClass::Fatal);
+        assert_eq!(
+            classify(&KafkaError::ClientCreation("bad".into())),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            classify(&KafkaError::MessageConsumptionFatal(C::Fail)),
+            ErrorClass::Fatal
+        );
     }
 }

@@ -53,7 +53,10 @@ pub enum ProcessorError {
         "fenced: another instance started with transactional.id {transactional_id}; this one \
          stops so that only one writes ({source})"
     )]
-    Fenced { transactional_id: String, source: KafkaError },
+    Fenced {
+        transactional_id: String,
+        source: KafkaError,
+    },
     #[error("kafka error that cannot be recovered from: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topics are not usable: {0}")]
@@ -106,7 +109,10 @@ pub async fn run(
 }
 
 fn now_millis() -> Millis {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as Millis).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as Millis)
+        .unwrap_or(0)
 }
 
 /// One input record's place, for offsets and rewinds.
@@ -175,7 +181,9 @@ impl Loop {
                 Ok(n) => break n,
                 // Unreachable brokers and topics still being created are waited for;
                 // topics that exist but break co-partitioning are not.
-                Err(e @ (AdminError::Kafka(_) | AdminError::Missing(_))) if !stop.load(Ordering::SeqCst) => {
+                Err(e @ (AdminError::Kafka(_) | AdminError::Missing(_)))
+                    if !stop.load(Ordering::SeqCst) =>
+                {
                     let delay = backoff.next_delay();
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "input topics not usable yet; waiting");
                     std::thread::sleep(delay);
@@ -249,20 +257,27 @@ impl Loop {
                 Err(StepError::Abort(reason)) => {
                     let delay = backoff.next_delay();
                     warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "aborting transaction");
-                    self.abort(true).map_err(|e| fatal(&self.ctx.config.transactional_id(), e))?;
+                    self.abort(true)
+                        .map_err(|e| fatal(&self.ctx.config.transactional_id(), e))?;
                     std::thread::sleep(delay);
                 }
                 Err(StepError::Fatal(e)) => {
-                    self.ctx.metrics.log("processor counters at failure", &self.status_counts());
+                    self.ctx
+                        .metrics
+                        .log("processor counters at failure", &self.status_counts());
                     return Err(fatal(&self.ctx.config.transactional_id(), e));
                 }
             }
             if last_stats.elapsed() >= stats_every {
                 last_stats = Instant::now();
-                self.ctx.metrics.log("processor progress", &self.status_counts());
+                self.ctx
+                    .metrics
+                    .log("processor progress", &self.status_counts());
             }
         }
-        self.ctx.metrics.log("processor stopped", &self.status_counts());
+        self.ctx
+            .metrics
+            .log("processor stopped", &self.status_counts());
         Ok(())
     }
 
@@ -324,16 +339,27 @@ impl Loop {
     fn handle(&mut self, msg: &OwnedMessage) -> Result<(), StepError> {
         self.begin()?;
         let tp = (msg.topic().to_string(), msg.partition());
-        self.txn.first_offsets.entry(tp.clone()).or_insert(msg.offset());
+        self.txn
+            .first_offsets
+            .entry(tp.clone())
+            .or_insert(msg.offset());
         self.txn.next_offsets.insert(tp, msg.offset() + 1);
         Metrics::add(&self.ctx.metrics.records_in, 1);
 
         let partition = msg.partition();
         let Some(base) = self.topics.base(msg.topic()) else {
-            return self.dead_letter(msg, "unknown_topic", "record from a topic the processor does not read");
+            return self.dead_letter(
+                msg,
+                "unknown_topic",
+                "record from a topic the processor does not read",
+            );
         };
         let Some(key) = msg.key() else {
-            return self.dead_letter(msg, "missing_key", "record has no key; the key must be the order id");
+            return self.dead_letter(
+                msg,
+                "missing_key",
+                "record has no key; the key must be the order id",
+            );
         };
         let Ok(key) = std::str::from_utf8(key) else {
             return self.dead_letter(msg, "invalid_key", "key is not UTF-8");
@@ -341,22 +367,29 @@ impl Loop {
         let Some(payload) = msg.payload() else {
             return self.dead_letter(msg, "missing_value", "record has no value");
         };
-        let event = match self
-            .ctx
-            .runtime
-            .block_on(wire::decode_event(&self.ctx.codec, base, payload))
-        {
-            Ok(event) => event,
-            Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
-            Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
-        };
+        let event =
+            match self
+                .ctx
+                .runtime
+                .block_on(wire::decode_event(&self.ctx.codec, base, payload))
+            {
+                Ok(event) => event,
+                Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
+                Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
+            };
         if wire::event_order_id(&event) != Some(key) {
-            return self.dead_letter(msg, "key_mismatch", "the record's order_id differs from its key");
+            return self.dead_letter(
+                msg,
+                "key_mismatch",
+                "the record's order_id differs from its key",
+            );
         }
         let Some(store) = self.stores.get(&partition) else {
             // Not restored yet, or no longer ours: the record will be read again by
             // whoever owns the partition, so abandon this transaction's work.
-            return Err(StepError::Abort(format!("record of partition {partition} before its state was restored")));
+            return Err(StepError::Abort(format!(
+                "record of partition {partition} before its state was restored"
+            )));
         };
         let now = now_millis();
         let decision = self.ctx.policy.decide(store.get(key), &event, now);
@@ -383,7 +416,13 @@ impl Loop {
         let bytes = self.encode(wire::encode_status(&self.ctx.codec, &state))?;
         // The status record goes to the input's partition number, which is the partition
         // its state is restored from, whatever partitioner a producer upstream used.
-        self.send(&status_topic, Some(partition), &state.order_id, &bytes, None)?;
+        self.send(
+            &status_topic,
+            Some(partition),
+            &state.order_id,
+            &bytes,
+            None,
+        )?;
         for command in &commands {
             let topic = self.topics.name(topics::command_topic(command.action));
             let bytes = self.encode(wire::encode_command(&self.ctx.codec, command, &state))?;
@@ -400,8 +439,14 @@ impl Loop {
         Ok(())
     }
 
-    fn encode(&self, fut: impl std::future::Future<Output = Result<Vec<u8>, WireError>>) -> Result<Vec<u8>, StepError> {
-        self.ctx.runtime.block_on(fut).map_err(|e| StepError::Abort(format!("encoding failed: {e}")))
+    fn encode(
+        &self,
+        fut: impl std::future::Future<Output = Result<Vec<u8>, WireError>>,
+    ) -> Result<Vec<u8>, StepError> {
+        self.ctx
+            .runtime
+            .block_on(fut)
+            .map_err(|e| StepError::Abort(format!("encoding failed: {e}")))
     }
 
     /// Produces one record into the open transaction, waiting while the local queue is full.
@@ -438,19 +483,49 @@ impl Loop {
 
     /// Sends an input record that cannot be processed to the dead-letter topic, in the
     /// same transaction as its offset, so it is neither lost nor processed twice.
-    fn dead_letter(&mut self, msg: &OwnedMessage, kind: &str, message: &str) -> Result<(), StepError> {
-        warn!(topic = msg.topic(), partition = msg.partition(), offset = msg.offset(), kind, message, "record dead-lettered");
+    fn dead_letter(
+        &mut self,
+        msg: &OwnedMessage,
+        kind: &str,
+        message: &str,
+    ) -> Result<(), StepError> {
+        warn!(
+            topic = msg.topic(),
+            partition = msg.partition(),
+            offset = msg.offset(),
+            kind,
+            message,
+            "record dead-lettered"
+        );
         let partition = msg.partition().to_string();
         let offset = msg.offset().to_string();
         let mut headers = OwnedHeaders::new()
-            .insert(Header { key: "dlq.source.topic", value: Some(msg.topic()) })
-            .insert(Header { key: "dlq.source.partition", value: Some(&partition) })
-            .insert(Header { key: "dlq.source.offset", value: Some(&offset) })
-            .insert(Header { key: "dlq.error.kind", value: Some(kind) })
-            .insert(Header { key: "dlq.error.message", value: Some(message) });
+            .insert(Header {
+                key: "dlq.source.topic",
+                value: Some(msg.topic()),
+            })
+            .insert(Header {
+                key: "dlq.source.partition",
+                value: Some(&partition),
+            })
+            .insert(Header {
+                key: "dlq.source.offset",
+                value: Some(&offset),
+            })
+            .insert(Header {
+                key: "dlq.error.kind",
+                value: Some(kind),
+            })
+            .insert(Header {
+                key: "dlq.error.message",
+                value: Some(message),
+            });
         if let Some(original) = msg.headers() {
             for h in original.iter() {
-                headers = headers.insert(Header { key: h.key, value: h.value });
+                headers = headers.insert(Header {
+                    key: h.key,
+                    value: h.value,
+                });
             }
         }
         let dlq = self.topics.name(topics::ORDER_DLQ);
@@ -489,7 +564,10 @@ impl Loop {
             .collect();
         for (partition, order_id) in due {
             let decision = match self.stores.get(&partition) {
-                Some(store) => self.ctx.policy.decide(store.get(&order_id), &Event::Tick, now),
+                Some(store) => self
+                    .ctx
+                    .policy
+                    .decide(store.get(&order_id), &Event::Tick, now),
                 None => continue,
             };
             match decision {
@@ -516,7 +594,10 @@ impl Loop {
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(StepError::Abort("consumer has no group metadata".into()));
             };
-            retrying(|| self.producer.send_offsets_to_transaction(&offsets, &group, Duration::from_secs(10)))?;
+            retrying(|| {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, Duration::from_secs(10))
+            })?;
         }
         retrying(|| self.producer.commit_transaction(Duration::from_secs(30)))?;
         let now = now_millis();
@@ -554,7 +635,12 @@ impl Loop {
         for ((topic, partition), first) in first_offsets {
             let owned = assignment.find_partition(&topic, partition).is_some();
             if owned {
-                if let Err(e) = self.consumer.seek(&topic, partition, Offset::Offset(first), Duration::from_secs(10)) {
+                if let Err(e) = self.consumer.seek(
+                    &topic,
+                    partition,
+                    Offset::Offset(first),
+                    Duration::from_secs(10),
+                ) {
                     // A seek that fails leaves the consumer past records whose output was
                     // just aborted: they would be skipped. Treat it as a fatal loss of
                     // position rather than risk that.
@@ -672,15 +758,22 @@ fn fatal(transactional_id: &str, e: KafkaError) -> ProcessorError {
     let fenced = match &e {
         KafkaError::Transaction(t) => matches!(
             t.code(),
-            rdkafka::types::RDKafkaErrorCode::ProducerFenced | rdkafka::types::RDKafkaErrorCode::Fenced
+            rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                | rdkafka::types::RDKafkaErrorCode::Fenced
         ),
         other => matches!(
             other.rdkafka_error_code(),
-            Some(rdkafka::types::RDKafkaErrorCode::ProducerFenced | rdkafka::types::RDKafkaErrorCode::Fenced)
+            Some(
+                rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                    | rdkafka::types::RDKafkaErrorCode::Fenced
+            )
         ),
     };
     if fenced {
-        ProcessorError::Fenced { transactional_id: transactional_id.to_string(), source: e }
+        ProcessorError::Fenced {
+            transactional_id: transactional_id.to_string(),
+            source: e,
+        }
     } else {
         ProcessorError::Kafka(e)
     }

@@ -45,9 +45,13 @@ pub fn restore(
 ) -> Result<BTreeMap<i32, PartitionStore>, RestoreError> {
     let started = Instant::now();
     let topic = topics.name(topics::ORDER_STATUS);
-    let mut cfg = clients::assigned_reader(&ctx.config, &format!("{}-restore", ctx.config.transactional_id()));
+    let mut cfg = clients::assigned_reader(
+        &ctx.config,
+        &format!("{}-restore", ctx.config.transactional_id()),
+    );
     cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<clients::EofAwareContext> = cfg.create_with_context(clients::EofAwareContext)?;
+    let consumer: BaseConsumer<clients::EofAwareContext> =
+        cfg.create_with_context(clients::EofAwareContext)?;
 
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
@@ -78,15 +82,22 @@ pub fn restore(
             }
             Some(Ok(msg)) => {
                 records += 1;
-                let Some(payload) = msg.payload() else { continue };
-                match ctx.runtime.block_on(wire::decode_status(&ctx.codec, payload)) {
+                let Some(payload) = msg.payload() else {
+                    continue;
+                };
+                match ctx
+                    .runtime
+                    .block_on(wire::decode_status(&ctx.codec, payload))
+                {
                     Ok(Some(state)) => {
                         if let Some(map) = latest.get_mut(&msg.partition()) {
                             map.insert(state.order_id.clone(), state);
                         }
                     }
                     Ok(None) => {}
-                    Err(e) if e.is_transient() => return Err(RestoreError::Registry(e.to_string())),
+                    Err(e) if e.is_transient() => {
+                        return Err(RestoreError::Registry(e.to_string()))
+                    }
                     Err(e) => {
                         warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record skipped");
                     }

@@ -21,7 +21,9 @@ pub struct PartitionStore {
 impl PartitionStore {
     /// The current state of an order, including changes of the open transaction.
     pub fn get(&self, order_id: &str) -> Option<&OrderState> {
-        self.overlay.get(order_id).or_else(|| self.committed.get(order_id))
+        self.overlay
+            .get(order_id)
+            .or_else(|| self.committed.get(order_id))
     }
 
     /// Records a change made in the open transaction.
@@ -51,8 +53,12 @@ impl PartitionStore {
     pub fn commit(&mut self, now: Millis) {
         // Drop index entries that have fallen due; the states that still wait are
         // re-indexed below with their new deadline.
-        let due: Vec<(Millis, String)> =
-            self.deadlines.iter().take_while(|(d, _)| *d <= now).cloned().collect();
+        let due: Vec<(Millis, String)> = self
+            .deadlines
+            .iter()
+            .take_while(|(d, _)| *d <= now)
+            .cloned()
+            .collect();
         for entry in &due {
             self.deadlines.remove(entry);
             if let Some(state) = self.committed.get(&entry.1) {
@@ -85,9 +91,8 @@ impl PartitionStore {
     /// `older_than`. Returns how many were evicted.
     pub fn evict(&mut self, older_than: Millis) -> usize {
         let before = self.committed.len();
-        self.committed.retain(|_, s| {
-            !(s.is_settled() && s.updated_at < older_than)
-        });
+        self.committed
+            .retain(|_, s| !(s.is_settled() && s.updated_at < older_than));
         before - self.committed.len()
     }
 

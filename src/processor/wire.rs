@@ -53,7 +53,9 @@ pub fn status_record(state: &OrderState) -> Result<OrderStatusRecord, WireError>
 }
 
 pub async fn encode_status(codec: &Codec, state: &OrderState) -> Result<Vec<u8>, WireError> {
-    codec.encode(topics::ORDER_STATUS, &status_record(state)?).await
+    codec
+        .encode(topics::ORDER_STATUS, &status_record(state)?)
+        .await
 }
 
 pub async fn encode_command(
@@ -79,9 +81,11 @@ pub async fn decode_status(codec: &Codec, payload: &[u8]) -> Result<Option<Order
     let record: OrderStatusRecord = codec.decode(topics::ORDER_STATUS, payload).await?;
     match record.saga_state {
         None => Ok(None),
-        Some(json) => serde_json::from_str(&json).map(Some).map_err(|e| CodecError::InvalidField {
-            field: "saga_state".to_string(),
-            reason: e.to_string(),
-        }),
+        Some(json) => serde_json::from_str(&json)
+            .map(Some)
+            .map_err(|e| CodecError::InvalidField {
+                field: "saga_state".to_string(),
+                reason: e.to_string(),
+            }),
     }
 }

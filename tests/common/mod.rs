@@ -42,11 +42,17 @@ pub fn bootstrap() -> String {
 }
 
 pub fn registry_url() -> String {
-    env_or("ORDER_SAGA_REGISTRY_URL", "http://127.0.0.1:8080/apis/ccompat/v7")
+    env_or(
+        "ORDER_SAGA_REGISTRY_URL",
+        "http://127.0.0.1:8080/apis/ccompat/v7",
+    )
 }
 
 pub fn database_url() -> String {
-    env_or("ORDER_SAGA_DATABASE_URL", "postgres://order:order@127.0.0.1:55432/order")
+    env_or(
+        "ORDER_SAGA_DATABASE_URL",
+        "postgres://order:order@127.0.0.1:55432/order",
+    )
 }
 
 pub fn random_prefix() -> String {
@@ -96,7 +102,9 @@ pub fn codec() -> Arc<Codec> {
 pub async fn create_topics(config: &Config) {
     let names = config.topics().all();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
-    admin::create_topics(config, &refs, PARTITIONS).await.expect("create topics");
+    admin::create_topics(config, &refs, PARTITIONS)
+        .await
+        .expect("create topics");
 }
 
 /// A child process that is killed when dropped.
@@ -146,9 +154,16 @@ impl Drop for Proc {
 /// Starts `order-saga <args>` against the topics of `config`, logging to a file under
 /// `target/test-logs/`.
 pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target").join("test-logs");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("target")
+        .join("test-logs");
     std::fs::create_dir_all(&dir).expect("log dir");
-    let log = dir.join(format!("{}{}-{}.log", config.topic_prefix, instance, args.join("-")));
+    let log = dir.join(format!(
+        "{}{}-{}.log",
+        config.topic_prefix,
+        instance,
+        args.join("-")
+    ));
     let file = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_order-saga"))
         .args(args)
@@ -158,11 +173,23 @@ pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
         .env("ORDER_SAGA_TOPIC_PREFIX", &config.topic_prefix)
         .env("ORDER_SAGA_APPLICATION_ID", &config.application_id)
         .env("ORDER_SAGA_INSTANCE_ID", instance)
-        .env("ORDER_SAGA_COMMIT_INTERVAL_MS", config.commit_interval_ms.to_string())
-        .env("ORDER_SAGA_STEP_TIMEOUT_MS", config.step_timeout_ms.to_string())
+        .env(
+            "ORDER_SAGA_COMMIT_INTERVAL_MS",
+            config.commit_interval_ms.to_string(),
+        )
+        .env(
+            "ORDER_SAGA_STEP_TIMEOUT_MS",
+            config.step_timeout_ms.to_string(),
+        )
         .env("ORDER_SAGA_MAX_ATTEMPTS", config.max_attempts.to_string())
-        .env("ORDER_SAGA_RETRY_BACKOFF_MS", config.retry_backoff_ms.to_string())
-        .env("ORDER_SAGA_TRANSACTION_TIMEOUT_MS", config.transaction_timeout_ms.to_string())
+        .env(
+            "ORDER_SAGA_RETRY_BACKOFF_MS",
+            config.retry_backoff_ms.to_string(),
+        )
+        .env(
+            "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
+            config.transaction_timeout_ms.to_string(),
+        )
         .env("ORDER_SAGA_STATS_INTERVAL_S", "5")
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdin(Stdio::null())
@@ -176,8 +203,16 @@ pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
 /// A valid sample order.
 pub fn order(n: u32) -> OrderRequest {
     let items = vec![
-        Item { sku: format!("SKU-{n}"), quantity: 2, unit_price_minor: 1_250 },
-        Item { sku: "SKU-GIFT".into(), quantity: 1, unit_price_minor: 499 },
+        Item {
+            sku: format!("SKU-{n}"),
+            quantity: 2,
+            unit_price_minor: 1_250,
+        },
+        Item {
+            sku: "SKU-GIFT".into(),
+            quantity: 1,
+            unit_price_minor: 499,
+        },
     ];
     OrderRequest {
         order_id: uuid::Uuid::new_v4().to_string(),
@@ -204,30 +239,70 @@ pub fn now_ms() -> i64 {
 }
 
 pub fn producer(config: &Config) -> FutureProducer {
-    clients::plain_producer(config, "test-producer").create().expect("producer")
+    clients::plain_producer(config, "test-producer")
+        .create()
+        .expect("producer")
 }
 
 /// Produces raw bytes to the fixed topic `base` behind the config's prefix.
-pub async fn produce_raw(p: &FutureProducer, config: &Config, base: &str, key: Option<&str>, value: &[u8]) {
+pub async fn produce_raw(
+    p: &FutureProducer,
+    config: &Config,
+    base: &str,
+    key: Option<&str>,
+    value: &[u8],
+) {
     let topic = config.topics().name(base);
     let mut rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic).payload(value);
     if let Some(k) = key {
         rec = rec.key(k);
     }
-    p.send(rec, Duration::from_secs(10)).await.map_err(|(e, _)| e).expect("produce");
+    p.send(rec, Duration::from_secs(10))
+        .await
+        .map_err(|(e, _)| e)
+        .expect("produce");
 }
 
-pub async fn produce_orders(p: &FutureProducer, config: &Config, codec: &Codec, orders: &[OrderRequest]) {
+pub async fn produce_orders(
+    p: &FutureProducer,
+    config: &Config,
+    codec: &Codec,
+    orders: &[OrderRequest],
+) {
     for o in orders {
-        let bytes = codec.encode(topics::ORDER_CREATE_REQUEST, &OrderCreate::from(o)).await.expect("encode order");
-        produce_raw(p, config, topics::ORDER_CREATE_REQUEST, Some(&o.order_id), &bytes).await;
+        let bytes = codec
+            .encode(topics::ORDER_CREATE_REQUEST, &OrderCreate::from(o))
+            .await
+            .expect("encode order");
+        produce_raw(
+            p,
+            config,
+            topics::ORDER_CREATE_REQUEST,
+            Some(&o.order_id),
+            &bytes,
+        )
+        .await;
     }
 }
 
 pub async fn produce_cancel(p: &FutureProducer, config: &Config, codec: &Codec, order_id: &str) {
-    let cancel = CancelRequest { order_id: order_id.into(), reason: "customer asked".into(), requested_at: now_ms() };
-    let bytes = codec.encode(topics::ORDER_CANCEL_REQUEST, &OrderCancel::from(&cancel)).await.expect("encode cancel");
-    produce_raw(p, config, topics::ORDER_CANCEL_REQUEST, Some(order_id), &bytes).await;
+    let cancel = CancelRequest {
+        order_id: order_id.into(),
+        reason: "customer asked".into(),
+        requested_at: now_ms(),
+    };
+    let bytes = codec
+        .encode(topics::ORDER_CANCEL_REQUEST, &OrderCancel::from(&cancel))
+        .await
+        .expect("encode cancel");
+    produce_raw(
+        p,
+        config,
+        topics::ORDER_CANCEL_REQUEST,
+        Some(order_id),
+        &bytes,
+    )
+    .await;
 }
 
 /// The fields every command record shares.
@@ -255,10 +330,18 @@ pub struct Reply {
 
 impl Reply {
     pub fn success() -> Vec<Reply> {
-        vec![Reply { outcome: Outcome::Success, retriable: false, copies: 1 }]
+        vec![Reply {
+            outcome: Outcome::Success,
+            retriable: false,
+            copies: 1,
+        }]
     }
     pub fn failure() -> Vec<Reply> {
-        vec![Reply { outcome: Outcome::Failure, retriable: false, copies: 1 }]
+        vec![Reply {
+            outcome: Outcome::Failure,
+            retriable: false,
+            copies: 1,
+        }]
     }
 }
 
@@ -282,10 +365,11 @@ impl Downstream {
         script: impl Fn(&CommandHeader) -> Vec<Reply> + Send + Sync + 'static,
     ) -> Downstream {
         let group = format!("{}downstream", config.topic_prefix);
-        let consumer: StreamConsumer = clients::read_committed_consumer(config, &group, "test-downstream")
-            .set("enable.auto.commit", "true")
-            .create()
-            .expect("downstream consumer");
+        let consumer: StreamConsumer =
+            clients::read_committed_consumer(config, &group, "test-downstream")
+                .set("enable.auto.commit", "true")
+                .create()
+                .expect("downstream consumer");
         let names: Vec<String> = [
             topics::INVENTORY_RESERVE_REQUEST,
             topics::PAYMENT_PROCESS_REQUEST,
@@ -304,9 +388,13 @@ impl Downstream {
         let task = tokio::spawn(async move {
             let mut stream = consumer.stream();
             while let Some(Ok(msg)) = stream.next().await {
-                let Some(base) = cfg.topics().base(msg.topic()) else { continue };
+                let Some(base) = cfg.topics().base(msg.topic()) else {
+                    continue;
+                };
                 let base = base.to_string();
-                let Some(payload) = msg.payload() else { continue };
+                let Some(payload) = msg.payload() else {
+                    continue;
+                };
                 let cmd = match codec.decode::<CommandHeader>(&base, payload).await {
                     Ok(cmd) => cmd,
                     Err(e) => {
@@ -322,12 +410,16 @@ impl Downstream {
                         command_id: cmd.command_id.clone(),
                         action: cmd.action(),
                         outcome: reply.outcome,
-                        reason: (reply.outcome == Outcome::Failure).then(|| "scripted failure".to_string()),
+                        reason: (reply.outcome == Outcome::Failure)
+                            .then(|| "scripted failure".to_string()),
                         retriable: reply.retriable,
                         produced_at: now_ms(),
                     };
                     let bytes = loop {
-                        match codec.encode(result_topic, &StepResultRecord::from(&r)).await {
+                        match codec
+                            .encode(result_topic, &StepResultRecord::from(&r))
+                            .await
+                        {
                             Ok(b) => break b,
                             Err(e) => {
                                 eprintln!("downstream: encoding a result failed, retrying: {e}");
@@ -336,7 +428,8 @@ impl Downstream {
                         }
                     };
                     for _ in 0..reply.copies {
-                        produce_raw(&producer, &cfg, result_topic, Some(&cmd.order_id), &bytes).await;
+                        produce_raw(&producer, &cfg, result_topic, Some(&cmd.order_id), &bytes)
+                            .await;
                     }
                 }
             }
@@ -360,14 +453,19 @@ pub fn read_to_end(config: &Config, bases: &[&str]) -> Vec<ReadRecord> {
     let mut out = Vec::new();
     for base in bases {
         let topic = config.topics().name(base);
-        let group = format!("{}reader-{}", config.topic_prefix, uuid::Uuid::new_v4().simple());
+        let group = format!(
+            "{}reader-{}",
+            config.topic_prefix,
+            uuid::Uuid::new_v4().simple()
+        );
         let mut cfg = clients::assigned_reader(config, &group);
         cfg.set("enable.partition.eof", "true");
         let consumer: BaseConsumer = cfg.create().expect("reader");
         let mut tpl = TopicPartitionList::new();
         let mut pending = BTreeSet::new();
         for p in 0..PARTITIONS {
-            tpl.add_partition_offset(&topic, p, Offset::Beginning).expect("tpl");
+            tpl.add_partition_offset(&topic, p, Offset::Beginning)
+                .expect("tpl");
             pending.insert(p);
         }
         consumer.assign(&tpl).expect("assign");
@@ -394,11 +492,19 @@ pub fn read_to_end(config: &Config, bases: &[&str]) -> Vec<ReadRecord> {
                                 .collect()
                         })
                         .unwrap_or_default();
-                    out.push((base.to_string(), key, m.payload().unwrap_or_default().to_vec(), headers));
+                    out.push((
+                        base.to_string(),
+                        key,
+                        m.payload().unwrap_or_default().to_vec(),
+                        headers,
+                    ));
                 }
             }
         }
-        assert!(pending.is_empty(), "did not reach the end of {topic} partitions {pending:?}");
+        assert!(
+            pending.is_empty(),
+            "did not reach the end of {topic} partitions {pending:?}"
+        );
     }
     out
 }
@@ -412,23 +518,43 @@ pub async fn committed_commands(config: &Config, codec: &Codec) -> Vec<CommandHe
         topics::NOTIFICATION_SEND_REQUEST,
     ];
     let cfg = config.clone();
-    let records = tokio::task::spawn_blocking(move || read_to_end(&cfg, &bases)).await.expect("reader thread");
+    let records = tokio::task::spawn_blocking(move || read_to_end(&cfg, &bases))
+        .await
+        .expect("reader thread");
     let mut out = Vec::new();
     for (base, _, value, _) in records {
-        out.push(codec.decode::<CommandHeader>(&base, &value).await.expect("decode command"));
+        out.push(
+            codec
+                .decode::<CommandHeader>(&base, &value)
+                .await
+                .expect("decode command"),
+        );
     }
     out
 }
 
 /// The latest committed state of every order in `order-status`.
-pub async fn committed_states(config: &Config, codec: &Codec) -> HashMap<String, (OrderStatusRecord, OrderState)> {
+pub async fn committed_states(
+    config: &Config,
+    codec: &Codec,
+) -> HashMap<String, (OrderStatusRecord, OrderState)> {
     let cfg = config.clone();
-    let records = tokio::task::spawn_blocking(move || read_to_end(&cfg, &[topics::ORDER_STATUS])).await.expect("reader thread");
+    let records = tokio::task::spawn_blocking(move || read_to_end(&cfg, &[topics::ORDER_STATUS]))
+        .await
+        .expect("reader thread");
     let mut out: HashMap<String, (OrderStatusRecord, OrderState)> = HashMap::new();
     for (_, _, value, _) in records {
-        let rec: OrderStatusRecord = codec.decode(topics::ORDER_STATUS, &value).await.expect("decode status");
-        let state: OrderState = serde_json::from_str(rec.saga_state.as_deref().expect("saga state")).expect("state json");
-        let newer = out.get(&rec.order_id).map(|(r, _)| rec.version > r.version).unwrap_or(true);
+        let rec: OrderStatusRecord = codec
+            .decode(topics::ORDER_STATUS, &value)
+            .await
+            .expect("decode status");
+        let state: OrderState =
+            serde_json::from_str(rec.saga_state.as_deref().expect("saga state"))
+                .expect("state json");
+        let newer = out
+            .get(&rec.order_id)
+            .map(|(r, _)| rec.version > r.version)
+            .unwrap_or(true);
         if newer {
             out.insert(rec.order_id.clone(), (rec, state));
         }
@@ -448,7 +574,9 @@ pub async fn wait_for_states(
     let until = Instant::now() + timeout;
     loop {
         let states = committed_states(config, codec).await;
-        let ready = ids.iter().all(|id| states.get(id).map(|(_, s)| done(s)).unwrap_or(false));
+        let ready = ids
+            .iter()
+            .all(|id| states.get(id).map(|(_, s)| done(s)).unwrap_or(false));
         if ready {
             return states;
         }
@@ -459,7 +587,11 @@ pub async fn wait_for_states(
                 }
                 m
             });
-            panic!("timed out: {} of {} orders present, by status {summary:?}", states.len(), ids.len());
+            panic!(
+                "timed out: {} of {} orders present, by status {summary:?}",
+                states.len(),
+                ids.len()
+            );
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -470,6 +602,9 @@ pub fn terminal(s: &OrderState) -> bool {
 }
 
 /// Status reached by each order.
-pub fn statuses(states: &HashMap<String, (OrderStatusRecord, OrderState)>, ids: &[String]) -> Vec<Status> {
+pub fn statuses(
+    states: &HashMap<String, (OrderStatusRecord, OrderState)>,
+    ids: &[String],
+) -> Vec<Status> {
     ids.iter().map(|id| states[id].1.status).collect()
 }

@@ -112,8 +112,11 @@ pub fn draw(
         .build_cartesian_2d(0f64..x_max, 0f64..y_max)
         .context("latency chart")?;
     let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(WHITE);
     if text {
         mesh.x_desc("ms")
+            .x_label_formatter(&|v| format!("{v:.0}"))
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("orders")
             .label_style(("sans-serif", 13));
     } else {
@@ -155,8 +158,10 @@ pub fn draw(
         .build_cartesian_2d(0f64..t_max, 0f64..r_max)
         .context("throughput chart")?;
     let mut mesh = chart.configure_mesh();
+    mesh.light_line_style(WHITE);
     if text {
         mesh.x_desc("seconds since start")
+            .y_label_formatter(&|v| format!("{v:.0}"))
             .y_desc("records/s")
             .label_style(("sans-serif", 13));
     } else {

@@ -182,6 +182,10 @@ impl Results {
                 ),
             );
             row(
+                "processor, saturated: steady orders/s (10th to 90th percentile of completions)",
+                format!("{:.0}", sat.steady_orders_per_s),
+            );
+            row(
                 "processor, saturated: records/s in + out",
                 format!(
                     "{:.0} ({} records, {})",

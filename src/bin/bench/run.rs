@@ -256,13 +256,10 @@ fn write_outputs(args: &BenchArgs, results: &Results) -> anyhow::Result<()> {
         .copier
         .as_ref()
         .map(|c| {
-            chart::rates(
-                &c.timeline
-                    .iter()
-                    .map(|(t, n)| (*t, *n as f64))
-                    .collect::<Vec<_>>(),
-                1.0,
-            )
+            let points: Vec<(f64, f64)> = std::iter::once((0.0, 0.0))
+                .chain(c.timeline.iter().map(|(t, n)| (*t, *n as f64)))
+                .collect();
+            chart::rates(&points, 0.5)
         })
         .unwrap_or_default();
     let processor_rates = results

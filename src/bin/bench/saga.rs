@@ -79,6 +79,9 @@ pub struct LoadPhase {
     /// From the first order's `created_at` to the last `updated_at` of COMPLETED.
     pub window_s: f64,
     pub orders_per_s: f64,
+    /// Orders/s between the 10th and the 90th percentile of completion times: the rate
+    /// without ramp-up and drain.
+    pub steady_orders_per_s: f64,
     /// create → COMPLETED (`updated_at − created_at`), ms.
     pub latency_ms: Percentiles,
     #[serde(skip)]
@@ -279,6 +282,9 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         );
     }
 
+    // Let a progress line of the processor show the warm-up's counters settled.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+
     // Saturated: as fast as the producer goes.
     let n = args.orders;
     println!("[saga] saturated: {n} orders as fast as possible");
@@ -343,6 +349,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
             .collect::<Vec<_>>(),
         1.0,
     );
+    result.saturated.steady_orders_per_s = steady_rate(&tracker, SATURATED);
     let sat_seconds = {
         let g = tracker.lock();
         let last = g
@@ -430,6 +437,29 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     Ok(result)
 }
 
+/// Completions per second between the 10th and 90th percentile of completion times.
+fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
+    let mut ts: Vec<Millis> = tracker
+        .lock()
+        .completions
+        .iter()
+        .filter(|(p, _)| *p == phase)
+        .map(|(_, t)| *t)
+        .collect();
+    ts.sort_unstable();
+    let n = ts.len();
+    if n < 10 {
+        return 0.0;
+    }
+    let (a, b) = (n / 10, n * 9 / 10);
+    let span = (ts[b] - ts[a]) as f64 / 1000.0;
+    if span > 0.0 {
+        (b - a) as f64 / span
+    } else {
+        0.0
+    }
+}
+
 /// Fills a phase's window, orders/s and latencies from the decoded completions.
 fn fill(phase: &mut LoadPhase, decoded: &[status::Completed], which: usize) {
     let mine: Vec<&status::Completed> = decoded
@@ -487,7 +517,11 @@ async fn sink_phase(
     config.sink_group = format!("{}pg-sink", config.topic_prefix);
     config.instance_id = "sink".into();
     let topic = config.topics().name(topics::ORDER_STATUS);
-    let pg = order_saga::db::connect(&config.database_url, Duration::from_secs(30)).await?;
+    let mut pg = order_saga::db::connect(&config.database_url, Duration::from_secs(30)).await?;
+    // The sink applies them too, but the bench reads sink_offsets before it has.
+    order_saga::db::migrate(&mut pg)
+        .await
+        .context("applying migrations")?;
     let stall = Duration::from_secs(ctx.args.stall_timeout_s);
 
     let (backlog_records, backlog_offsets) = {
