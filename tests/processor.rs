@@ -44,6 +44,15 @@ fn count_actions(cmds: &[CommandHeader], id: &str) -> HashMap<Action, usize> {
     m
 }
 
+/// (RELEASE, REFUND) commands issued for one order.
+fn compensations(cmds: &[CommandHeader], id: &str) -> (usize, usize) {
+    let c = count_actions(cmds, id);
+    (
+        c.get(&Action::Release).copied().unwrap_or(0),
+        c.get(&Action::Refund).copied().unwrap_or(0),
+    )
+}
+
 fn ids(orders: &[order_saga::saga::OrderRequest]) -> Vec<String> {
     orders.iter().map(|o| o.order_id.clone()).collect()
 }
@@ -115,13 +124,7 @@ async fn a_failure_at_each_step_ends_in_its_status_with_its_compensations() {
     );
 
     let cmds = committed_commands(&s.config, &s.codec).await;
-    let comp = |i: usize| {
-        let c = count_actions(&cmds, &orders[i].order_id);
-        (
-            c.get(&Action::Release).copied().unwrap_or(0),
-            c.get(&Action::Refund).copied().unwrap_or(0),
-        )
-    };
+    let comp = |i: usize| compensations(&cmds, &orders[i].order_id);
     assert_eq!(comp(0), (0, 0), "inventory failure: nothing to undo");
     assert_eq!(comp(1), (1, 0), "payment failure releases the stock");
     assert_eq!(comp(2), (1, 1), "shipping failure refunds and releases");
@@ -196,13 +199,7 @@ async fn a_cancel_is_accepted_before_shipping_and_refused_after() {
         ]
     );
     let cmds = committed_commands(&s.config, &s.codec).await;
-    let comp = |i: usize| {
-        let c = count_actions(&cmds, &orders[i].order_id);
-        (
-            c.get(&Action::Release).copied().unwrap_or(0),
-            c.get(&Action::Refund).copied().unwrap_or(0),
-        )
-    };
+    let comp = |i: usize| compensations(&cmds, &orders[i].order_id);
     assert_eq!(
         comp(0),
         (0, 0),

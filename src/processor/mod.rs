@@ -458,13 +458,20 @@ impl Loop {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), StepError> {
-        let mut record = BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
         if let Some(p) = partition {
             record = record.partition(p);
         }
         if let Some(h) = headers {
             record = record.headers(h);
         }
+        self.enqueue(record)
+    }
+
+    /// Hands a record to the producer inside the open transaction, waiting while its
+    /// local queue is full.
+    fn enqueue(&mut self, mut record: BaseRecord<'_, [u8], [u8]>) -> Result<(), StepError> {
         loop {
             match self.producer.send(record) {
                 Ok(()) => break,
@@ -536,19 +543,7 @@ impl Loop {
         if let Some(p) = msg.payload() {
             record = record.payload(p);
         }
-        loop {
-            match self.producer.send(record) {
-                Ok(()) => break,
-                Err((e, back)) => match classify(&e) {
-                    ErrorClass::Retry => {
-                        record = back;
-                        std::thread::sleep(Duration::from_millis(5));
-                    }
-                    _ => return Err(StepError::from(e)),
-                },
-            }
-        }
-        self.txn.records_out += 1;
+        self.enqueue(record)?;
         Metrics::add(&self.ctx.metrics.dlq_records, 1);
         Ok(())
     }

@@ -65,6 +65,7 @@ pub fn restore(
     let mut latest: BTreeMap<i32, HashMap<String, OrderState>> =
         partitions.iter().map(|p| (*p, HashMap::new())).collect();
     let mut records = 0u64;
+    let older_than: Millis = now_millis() - ctx.config.state_retention_ms as Millis;
     if !pending.is_empty() {
         consumer.assign(&tpl)?;
     }
@@ -91,7 +92,14 @@ pub fn restore(
                 {
                     Ok(Some(state)) => {
                         if let Some(map) = latest.get_mut(&msg.partition()) {
-                            map.insert(state.order_id.clone(), state);
+                            // Dropping expired orders as they are read, not after the whole
+                            // changelog is in memory, bounds the restore's peak memory by
+                            // the orders kept rather than by the changelog's length.
+                            if state.is_settled() && state.updated_at < older_than {
+                                map.remove(&state.order_id);
+                            } else {
+                                map.insert(state.order_id.clone(), state);
+                            }
                         }
                     }
                     Ok(None) => {}
@@ -105,16 +113,12 @@ pub fn restore(
             }
         }
     }
-    let older_than: Millis = now_millis() - ctx.config.state_retention_ms as Millis;
     let mut stores = BTreeMap::new();
     let mut orders = 0usize;
     for (p, map) in latest {
         let mut store = PartitionStore::default();
         for (_, state) in map {
-            let expired = state.is_settled() && state.updated_at < older_than;
-            if !expired {
-                store.restore(state);
-            }
+            store.restore(state);
         }
         orders += store.len();
         stores.insert(p, store);

@@ -171,6 +171,10 @@ pub fn draw(
     let colors = [RED, BLUE, GREEN, MAGENTA];
     for (i, s) in throughput.iter().enumerate() {
         let color = colors[i % colors.len()];
+        // Markers too: a short run has a single point per series, which a line hides.
+        chart
+            .draw_series(s.points.iter().map(|p| Circle::new(*p, 3, color.filled())))
+            .context("throughput points")?;
         let drawn = chart
             .draw_series(LineSeries::new(
                 s.points.iter().copied(),
@@ -189,7 +193,7 @@ pub fn draw(
             .background_style(WHITE.mix(0.8))
             .border_style(BLACK)
             .label_font(("sans-serif", 13))
-            .position(SeriesLabelPosition::LowerRight)
+            .position(SeriesLabelPosition::UpperRight)
             .draw()
             .context("legend")?;
     }

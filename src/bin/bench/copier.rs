@@ -47,6 +47,8 @@ pub struct CopierResult {
     pub bytes_in_per_order: f64,
     /// Value bytes written per order (4 commands + 5 statuses).
     pub bytes_out_per_order: usize,
+    /// CPU of the bench process while copying, per 1,000 orders.
+    pub cpu_s_per_1000_orders: f64,
     /// (seconds since the first record, records in + out committed so far), per commit.
     pub timeline: Vec<(f64, u64)>,
 }
@@ -251,6 +253,7 @@ pub fn copy(
         prefill_seconds: 0.0,
         bytes_in_per_order: 0.0,
         bytes_out_per_order: templates.bytes_per_order(),
+        cpu_s_per_1000_orders: 0.0,
         timeline,
     })
 }

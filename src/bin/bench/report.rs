@@ -17,6 +17,7 @@ pub struct Conditions {
     pub started_at: String,
     pub git_commit: Option<String>,
     pub orders: u64,
+    pub copier_orders: u64,
     pub paced_orders: u64,
     pub sink_orders: u64,
     pub restore_records: u64,
@@ -123,11 +124,12 @@ impl Results {
         let _ = writeln!(m, "# order-saga benchmark {}\n", c.run_id);
         let _ = writeln!(
             m,
-            "{} · commit {} · {} orders (paced {}, sink {}) · {} restore records · {} partitions · \
+            "{} · commit {} · {} orders (copier {}, paced {}, sink {}) · {} restore records · {} partitions · \
              commit interval {} ms · {} cores · load average {} at start, {} at end\n",
             c.started_at,
             c.git_commit.as_deref().unwrap_or("?"),
             c.orders,
+            c.copier_orders,
             c.paced_orders,
             c.sink_orders,
             c.restore_records,
@@ -163,6 +165,10 @@ impl Results {
                     "{:.0} ({} in + {} out in {:.2} s, {} transactions)",
                     cp.records_per_s, cp.records_in, cp.records_out, cp.seconds, cp.transactions
                 ),
+            );
+            row(
+                "copier CPU per 1,000 orders (the bench process)",
+                format!("{:.2} s", cp.cpu_s_per_1000_orders),
             );
             row(
                 "copier record sizes",
@@ -217,6 +223,23 @@ impl Results {
                     ),
                 );
             }
+            let window = s.saturated.window_s;
+            if s.transactions > 0 && window > 0.0 {
+                row(
+                    "processor transactions, saturated",
+                    format!(
+                        "{} ({:.0} ms each on average, {:.0} records each); processor CPU {:.0} % of one core over the window",
+                        s.transactions,
+                        window * 1000.0 / s.transactions as f64,
+                        s.records as f64 / s.transactions as f64,
+                        s.cpu_s / window * 100.0
+                    ),
+                );
+            }
+            row(
+                "simulated services CPU per 1,000 orders",
+                format!("{:.2} s", s.simulator_cpu_s_per_1000_orders),
+            );
             row(
                 "processor CPU per 1,000 orders",
                 format!("{:.2} s", s.cpu_s_per_1000_orders),

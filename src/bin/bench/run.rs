@@ -102,6 +102,7 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
             started_at: utc_now(),
             git_commit: git_commit(),
             orders: args.orders,
+            copier_orders: args.copier_orders(),
             paced_orders: args.paced_orders(),
             sink_orders: args.sink_orders(),
             restore_records: args.restore_records,
@@ -201,11 +202,11 @@ async fn run_copier(
         .context("creating topics")?;
     println!(
         "[copier] pre-filling {} input records ({} orders × 5)",
-        args.orders * 5,
-        args.orders
+        args.copier_orders() * 5,
+        args.copier_orders()
     );
     let started = std::time::Instant::now();
-    let bytes_in = copier::prefill(cfg, codec, args.orders, run_id).await?;
+    let bytes_in = copier::prefill(cfg, codec, args.copier_orders(), run_id).await?;
     let prefill_seconds = started.elapsed().as_secs_f64();
     let now = order_saga::load::now_millis();
     let mut rng = order_saga::load::Rng::new(now as u64);
@@ -218,9 +219,11 @@ async fn run_copier(
     );
     let (c, orders, stall) = (
         cfg.clone(),
-        args.orders,
+        args.copier_orders(),
         Duration::from_secs(args.stall_timeout_s),
     );
+    let me = std::process::id();
+    let cpu0 = procfs::read(me, 0.0);
     let mut result = tokio::task::spawn_blocking(move || {
         copier::copy(&c, templates, orders, stall, |i, o| {
             println!("[copier]   {i} in, {o} out")
@@ -229,6 +232,9 @@ async fn run_copier(
     .await
     .context("copier thread")??;
     result.prefill_seconds = prefill_seconds;
+    if let (Some(a), Some(b)) = (cpu0, procfs::read(me, 0.0)) {
+        result.cpu_s_per_1000_orders = (b.cpu_s - a.cpu_s) / args.copier_orders() as f64 * 1000.0;
+    }
     result.bytes_in_per_order = bytes_in;
     println!(
         "[copier]   {} in + {} out in {:.2} s = {:.0} records/s",

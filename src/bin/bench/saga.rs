@@ -120,6 +120,12 @@ pub struct SagaResult {
     pub records_source: String,
     pub records_per_s: f64,
     pub cpu_s_per_1000_orders: f64,
+    /// Processor CPU seconds (user + system) during the saturated phase.
+    pub cpu_s: f64,
+    /// Transactions the processor committed during the saturated phase.
+    pub transactions: u64,
+    /// The simulated services' CPU per 1,000 orders (they share the machine).
+    pub simulator_cpu_s_per_1000_orders: f64,
     /// Share of the machine's CPU (all cores) busy during the saturated phase.
     pub machine_busy_share: Option<f64>,
     pub peak_rss_mib: f64,
@@ -195,7 +201,8 @@ async fn produce(
     ))
 }
 
-fn progress_line(v: &serde_json::Value) -> Option<(f64, u64)> {
+/// (time, records in + out, transactions committed) of a processor counter line.
+fn progress_line(v: &serde_json::Value) -> Option<(f64, u64, u64)> {
     if child::message(v) != "processor progress" && child::message(v) != "processor stopped" {
         return None;
     }
@@ -203,6 +210,7 @@ fn progress_line(v: &serde_json::Value) -> Option<(f64, u64)> {
     Some((
         t,
         child::field_u64(v, "records_in")? + child::field_u64(v, "records_out")?,
+        child::field_u64(v, "txn_committed")?,
     ))
 }
 
@@ -244,6 +252,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         log("simulator"),
     )?;
     let mut sampler = Sampler::start(processor.pid(), Duration::from_millis(200));
+    let mut sim_sampler = Sampler::start(simulator.pid(), Duration::from_millis(500));
     let tracker = Tracker::start(config, args.partitions, PHASES)?;
     processor
         .wait_for_log("state restored", Duration::from_secs(120), |v| {
@@ -289,6 +298,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     let n = args.orders;
     println!("[saga] saturated: {n} orders as fast as possible");
     let cpu0 = sampler.now();
+    let sim0 = sim_sampler.now();
     let machine0 = procfs::machine_cpu();
     let t0_s = now_millis() as f64 / 1000.0;
     let (first_ms, produced_rate) = produce(
@@ -303,6 +313,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         })
         .await?;
     let cpu1 = sampler.now();
+    let sim1 = sim_sampler.now();
     let machine1 = procfs::machine_cpu();
     let end_s = now_millis() as f64 / 1000.0;
     let mut result = SagaResult {
@@ -318,22 +329,27 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     };
     if let (Some(a), Some(b)) = (cpu0, cpu1) {
         result.cpu_s_per_1000_orders = (b.cpu_s - a.cpu_s) / done.max(1) as f64 * 1000.0;
+        result.cpu_s = b.cpu_s - a.cpu_s;
+    }
+    if let (Some(a), Some(b)) = (sim0, sim1) {
+        result.simulator_cpu_s_per_1000_orders = (b.cpu_s - a.cpu_s) / done.max(1) as f64 * 1000.0;
     }
     // The processor's counters: the last progress line before the phase, and one that
     // shows the phase's input records all read.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     processor.log.poll();
-    let points: Vec<(f64, u64)> = processor
+    let points: Vec<(f64, u64, u64)> = processor
         .log
         .lines
         .iter()
         .filter_map(progress_line)
         .collect();
-    let base = points.iter().rev().find(|(t, _)| *t <= t0_s).map(|p| p.1);
-    let after = points.iter().find(|(t, _)| *t >= end_s).map(|p| p.1);
+    let base = points.iter().rev().find(|p| p.0 <= t0_s);
+    let after = points.iter().find(|p| p.0 >= end_s);
     match (base, after) {
-        (Some(b), Some(a)) if a > b => {
-            result.records = a - b;
+        (Some(b), Some(a)) if a.1 > b.1 => {
+            result.records = a.1 - b.1;
+            result.transactions = a.2.saturating_sub(b.2);
             result.records_source = "processor counters (records_in + records_out)".into();
         }
         _ => {
@@ -344,8 +360,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     result.timeline = crate::chart::rates(
         &points
             .iter()
-            .filter(|(t, _)| *t >= t0_s - 1.0 && *t <= end_s + 1.0)
-            .map(|(t, c)| (t - t0_s, *c as f64))
+            .filter(|p| p.0 >= t0_s - 1.0 && p.0 <= end_s + 1.0)
+            .map(|p| (p.0 - t0_s, p.1 as f64))
             .collect::<Vec<_>>(),
         1.0,
     );
@@ -409,6 +425,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
 
     result.peak_rss_mib = procfs::mib(sampler.peak_kib());
     result.rss_end_mib = sampler.now().map(|s| procfs::mib(s.rss_kib)).unwrap_or(0.0);
+    sim_sampler.stop();
     let _ = simulator.terminate(Duration::from_secs(20)).await;
     result.processor_exit = processor.terminate(Duration::from_secs(30)).await;
     sampler.stop();
