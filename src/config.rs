@@ -331,6 +331,50 @@ impl Config {
         format!("{}-{}", self.application_id, self.instance_id)
     }
 
+    /// Every setting as the environment variable that sets it, for handing this
+    /// configuration to a child process (`order-saga` started by tests or benchmarks).
+    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
+        let log_format = match self.log_format {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        };
+        vec![
+            ("ORDER_SAGA_BOOTSTRAP", self.bootstrap.clone()),
+            ("ORDER_SAGA_APPLICATION_ID", self.application_id.clone()),
+            ("ORDER_SAGA_INSTANCE_ID", self.instance_id.clone()),
+            ("ORDER_SAGA_REGISTRY_URL", self.registry_url.clone()),
+            ("ORDER_SAGA_DATABASE_URL", self.database_url.clone()),
+            (
+                "ORDER_SAGA_COMMIT_INTERVAL_MS",
+                self.commit_interval_ms.to_string(),
+            ),
+            (
+                "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
+                self.transaction_timeout_ms.to_string(),
+            ),
+            (
+                "ORDER_SAGA_STATE_RETENTION_MS",
+                self.state_retention_ms.to_string(),
+            ),
+            (
+                "ORDER_SAGA_STEP_TIMEOUT_MS",
+                self.step_timeout_ms.to_string(),
+            ),
+            ("ORDER_SAGA_MAX_ATTEMPTS", self.max_attempts.to_string()),
+            (
+                "ORDER_SAGA_RETRY_BACKOFF_MS",
+                self.retry_backoff_ms.to_string(),
+            ),
+            ("ORDER_SAGA_SINK_GROUP", self.sink_group.clone()),
+            (
+                "ORDER_SAGA_STATS_INTERVAL_S",
+                self.stats_interval_s.to_string(),
+            ),
+            ("ORDER_SAGA_TOPIC_PREFIX", self.topic_prefix.clone()),
+            ("ORDER_SAGA_LOG_FORMAT", log_format.to_string()),
+        ]
+    }
+
     /// The topic names of this deployment.
     pub fn topics(&self) -> Topics {
         Topics::new(&self.topic_prefix)
@@ -376,6 +420,22 @@ mod tests {
         assert_eq!(c.validate(), Ok(()));
         assert_eq!(c.application_id, "order");
         assert_eq!(c.transactional_id(), "order-0");
+    }
+
+    #[test]
+    fn env_vars_name_every_setting_by_its_own_variable() {
+        use clap::CommandFactory;
+        let declared: std::collections::BTreeSet<String> = Cli::command()
+            .get_arguments()
+            .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
+            .collect();
+        let c = parse(&["--commit-interval-ms", "250", "--log-format", "json"]);
+        let given: std::collections::BTreeSet<String> =
+            c.env_vars().iter().map(|(k, _)| k.to_string()).collect();
+        assert_eq!(given, declared);
+        let vars: std::collections::BTreeMap<_, _> = c.env_vars().into_iter().collect();
+        assert_eq!(vars["ORDER_SAGA_COMMIT_INTERVAL_MS"], "250");
+        assert_eq!(vars["ORDER_SAGA_LOG_FORMAT"], "json");
     }
 
     #[test]

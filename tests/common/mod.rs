@@ -167,29 +167,8 @@ pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
     let file = std::fs::File::create(&log).expect("log file");
     let child = Command::new(env!("CARGO_BIN_EXE_order-saga"))
         .args(args)
-        .env("ORDER_SAGA_BOOTSTRAP", &config.bootstrap)
-        .env("ORDER_SAGA_REGISTRY_URL", &config.registry_url)
-        .env("ORDER_SAGA_DATABASE_URL", &config.database_url)
-        .env("ORDER_SAGA_TOPIC_PREFIX", &config.topic_prefix)
-        .env("ORDER_SAGA_APPLICATION_ID", &config.application_id)
+        .envs(config.env_vars())
         .env("ORDER_SAGA_INSTANCE_ID", instance)
-        .env(
-            "ORDER_SAGA_COMMIT_INTERVAL_MS",
-            config.commit_interval_ms.to_string(),
-        )
-        .env(
-            "ORDER_SAGA_STEP_TIMEOUT_MS",
-            config.step_timeout_ms.to_string(),
-        )
-        .env("ORDER_SAGA_MAX_ATTEMPTS", config.max_attempts.to_string())
-        .env(
-            "ORDER_SAGA_RETRY_BACKOFF_MS",
-            config.retry_backoff_ms.to_string(),
-        )
-        .env(
-            "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
-            config.transaction_timeout_ms.to_string(),
-        )
         .env("ORDER_SAGA_STATS_INTERVAL_S", "5")
         .env("RUST_LOG", "info,rdkafka=warn")
         .stdin(Stdio::null())

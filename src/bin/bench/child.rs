@@ -35,34 +35,7 @@ impl Proc {
             File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
         let mut cmd = Command::new(bin);
         cmd.args(args)
-            .env("ORDER_SAGA_BOOTSTRAP", &config.bootstrap)
-            .env("ORDER_SAGA_REGISTRY_URL", &config.registry_url)
-            .env("ORDER_SAGA_DATABASE_URL", &config.database_url)
-            .env("ORDER_SAGA_TOPIC_PREFIX", &config.topic_prefix)
-            .env("ORDER_SAGA_APPLICATION_ID", &config.application_id)
-            .env("ORDER_SAGA_INSTANCE_ID", &config.instance_id)
-            .env(
-                "ORDER_SAGA_COMMIT_INTERVAL_MS",
-                config.commit_interval_ms.to_string(),
-            )
-            .env(
-                "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
-                config.transaction_timeout_ms.to_string(),
-            )
-            .env(
-                "ORDER_SAGA_STATE_RETENTION_MS",
-                config.state_retention_ms.to_string(),
-            )
-            .env(
-                "ORDER_SAGA_STEP_TIMEOUT_MS",
-                config.step_timeout_ms.to_string(),
-            )
-            .env("ORDER_SAGA_MAX_ATTEMPTS", config.max_attempts.to_string())
-            .env(
-                "ORDER_SAGA_RETRY_BACKOFF_MS",
-                config.retry_backoff_ms.to_string(),
-            )
-            .env("ORDER_SAGA_SINK_GROUP", &config.sink_group)
+            .envs(config.env_vars())
             .env("ORDER_SAGA_STATS_INTERVAL_S", "1")
             .env("ORDER_SAGA_LOG_FORMAT", "json")
             .env("RUST_LOG", "info,rdkafka=warn");
