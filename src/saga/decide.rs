@@ -1,8 +1,8 @@
 //! The decision function: `(state, event, now) → Decision`.
 //!
 //! Pure and deterministic: the same inputs give the same decision, byte for byte, and the
-//! only time it knows is the `now` passed in. The rules are those of DESIGN.md §2, with
-//! the choices it leaves open written down here:
+//! only time it knows is the `now` passed in. The rules are the saga table of the README,
+//! with the choices the order contract leaves open written down here:
 //!
 //! - **Timeouts are retried.** A `Tick` after an attempt's deadline times the attempt out;
 //!   with attempts left the step is retried after the backoff, exactly as after a
@@ -40,8 +40,9 @@
 //!   a conflict, so it reaches the dead-letter topic instead of vanishing. An empty order
 //!   id is rejected (there is no key to keep a state under); any other invalid order
 //!   becomes `FAILED`.
-//! - **Results** for an unknown order are rejected (dead-lettered: buffering would need
-//!   state for orders that may never come). For a known order, a result whose command id
+//! - **Results and cancels for an unknown order** are rejected here; the processor does
+//!   not call `decide` for them but holds them until the create comes (see
+//!   [`super::early`]). For a known order, a result whose command id
 //!   the order never issued, or which was already answered, is ignored; one whose action
 //!   disagrees with the issued command is rejected.
 //! - **Commands carry `issued_at = now`.** Their ids are derived from (order, action,

@@ -11,13 +11,16 @@
 //! - [`policy`]: deadlines, retries, backoff and currencies.
 //! - [`validate`]: cart validation of a new order.
 //! - [`ids`]: deterministic command ids.
+//! - [`early`]: cancels and results that arrive before their order's create, held until
+//!   it comes or a grace period runs out.
 //! - [`decide`](mod@decide): the transition rules; its module docs record the decisions
-//!   DESIGN.md leaves open (timeouts are retried, late results, manual action).
+//!   the contract leaves open (timeouts are retried, late results, manual action).
 //!
 //! The transition table in README.md (between the `saga-table` markers) is checked
 //! against this code by a test.
 
 pub mod decide;
+pub mod early;
 pub mod ids;
 pub mod model;
 pub mod policy;
@@ -25,6 +28,7 @@ pub mod state;
 pub mod validate;
 
 pub use decide::{decide, Decision, IgnoreReason, RejectReason, MANUAL_ACTION_NEEDED};
+pub use early::{Early, EarlyDecision, EarlyEvent, Held, Origin, Released};
 pub use ids::{command_id, COMMAND_ID_NAMESPACE};
 pub use model::*;
 pub use policy::Policy;

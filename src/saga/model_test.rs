@@ -15,6 +15,11 @@
 //!
 //! and more on the way: real results are never rejected, bogus ones are ignored or
 //! rejected as specified, and the state round-trips through JSON.
+//!
+//! Events for an order that has no state go through the early path, as in the processor:
+//! cancels and results may arrive before their create in any order, are held, released
+//! when the create comes (a held cancel means the order never issues a command) or expire
+//! after the grace; after the drain nothing is held any more.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -62,6 +67,8 @@ enum Op {
     UnknownOrder,
     /// A result for an issued command that claims another action.
     WrongAction { pick: usize },
+    /// A replayed success of the first `RESERVE` of an order that may not exist yet.
+    EarlyReservation { order: usize },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -76,6 +83,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0..8usize).prop_map(|order| Op::UnknownCommand { order }),
         1 => Just(Op::UnknownOrder),
         1 => any::<usize>().prop_map(|pick| Op::WrongAction { pick }),
+        1 => (0..8usize).prop_map(|order| Op::EarlyReservation { order }),
     ]
 }
 
@@ -84,6 +92,10 @@ struct World {
     now: Millis,
     orders: usize,
     states: BTreeMap<String, OrderState>,
+    /// Events held for orders whose create has not come.
+    early: BTreeMap<String, Early>,
+    /// Orders created while a cancel was held for them.
+    born_canceled: BTreeSet<String>,
     /// Every command ever emitted, by id.
     seen: BTreeMap<String, Command>,
     /// Commands the downstream has not answered (nor lost) yet.
@@ -106,6 +118,8 @@ impl World {
             now: T0,
             orders,
             states: BTreeMap::new(),
+            early: BTreeMap::new(),
+            born_canceled: BTreeSet::new(),
             seen: BTreeMap::new(),
             inbox: Vec::new(),
             succeeded: BTreeSet::new(),
@@ -118,21 +132,103 @@ impl World {
         format!("order-{}", index % self.orders)
     }
 
-    /// Decides one event for `order_id`, checks the per-decision invariants and applies it.
+    /// Decides one event for `order_id` as the processor does: through the early path
+    /// when the order has no state (the result is then the early decision's summary),
+    /// else with `decide`.
     fn process(&mut self, order_id: &str, event: &Event) -> Result<Decision, TestCaseError> {
+        if self.states.contains_key(order_id) {
+            return self.decide_known(order_id, event);
+        }
+        self.decisions += 1;
+        let early = self.early.get(order_id);
+        let decision = self
+            .policy
+            .decide_early(early, event, self.now, None, self.now);
+        let again = self
+            .policy
+            .decide_early(early, event, self.now, None, self.now);
+        prop_assert_eq!(&decision, &again);
+        let cancel_held = early.is_some_and(|e| {
+            e.held
+                .iter()
+                .any(|h| matches!(h.event, EarlyEvent::Cancel(_)))
+        });
+        match decision {
+            EarlyDecision::Hold(e) => {
+                prop_assert!(e.held.len() <= early::MAX_HELD);
+                self.early.insert(order_id.to_string(), e);
+                Ok(Decision::Ignore(IgnoreReason::NoOrder))
+            }
+            EarlyDecision::Expire(held) => {
+                prop_assert!(!held.is_empty());
+                self.early.remove(order_id);
+                Ok(Decision::Ignore(IgnoreReason::NoOrder))
+            }
+            EarlyDecision::Ignore(r) => Ok(Decision::Ignore(r)),
+            EarlyDecision::Reject(r) => Ok(Decision::Reject(r)),
+            EarlyDecision::Release(steps) => {
+                self.early.remove(order_id);
+                let mut first = None;
+                for (i, step) in steps.into_iter().enumerate() {
+                    if i == 0 {
+                        if let Some(st) = step.decision.state() {
+                            if cancel_held && st.status == Status::Canceled {
+                                // A held cancel: the order never issues a command.
+                                prop_assert!(step.decision.commands().is_empty());
+                                self.born_canceled.insert(order_id.to_string());
+                            }
+                            if cancel_held {
+                                prop_assert!(
+                                    matches!(st.status, Status::Canceled | Status::Failed),
+                                    "a held cancel was lost: {:?}",
+                                    st.status
+                                );
+                            }
+                        }
+                    }
+                    prop_assert!(
+                        i == 0 || !matches!(step.decision, Decision::Reject(_)),
+                        "a held event was rejected: {:?}",
+                        step.decision
+                    );
+                    self.apply(order_id, event, &step.decision)?;
+                    first.get_or_insert(step.decision);
+                }
+                first.ok_or_else(|| TestCaseError::fail("a release without the create"))
+            }
+        }
+    }
+
+    /// Decides one event for an order that has a state.
+    fn decide_known(&mut self, order_id: &str, event: &Event) -> Result<Decision, TestCaseError> {
         self.decisions += 1;
         let before = self.states.get(order_id);
         let decision = self.policy.decide(before, event, self.now);
         // (5) deterministic.
         let again = self.policy.decide(before, event, self.now);
         prop_assert_eq!(&decision, &again);
-        if let Decision::Apply { state, commands } = &decision {
+        self.apply(order_id, event, &decision)?;
+        Ok(decision)
+    }
+
+    /// Checks the per-decision invariants of `decision` and applies it.
+    fn apply(
+        &mut self,
+        order_id: &str,
+        event: &Event,
+        decision: &Decision,
+    ) -> Result<(), TestCaseError> {
+        let before = self.states.get(order_id);
+        if let Decision::Apply { state, commands } = decision {
             prop_assert_eq!(&state.order_id, order_id);
             // (2) version + 1, allowed arrows.
             match before {
                 None => {
                     prop_assert_eq!(state.version, 1);
-                    prop_assert!(matches!(state.status, Status::Created | Status::Failed));
+                    prop_assert!(matches!(
+                        state.status,
+                        Status::Created | Status::Failed | Status::Canceled
+                    ));
                 }
                 Some(b) => {
                     prop_assert_eq!(state.version, b.version + 1);
@@ -176,7 +272,7 @@ impl World {
             }
             self.states.insert(order_id.to_string(), state.clone());
         }
-        Ok(decision)
+        Ok(())
     }
 
     fn create(&mut self, index: usize, valid: bool) -> Result<(), TestCaseError> {
@@ -242,6 +338,13 @@ impl World {
     }
 
     fn tick_all(&mut self) -> Result<(), TestCaseError> {
+        let waiting: Vec<String> = self.early.keys().cloned().collect();
+        for id in waiting {
+            self.process(&id, &Event::Tick)?;
+            if let Some(e) = self.early.get(&id) {
+                prop_assert!(e.expires_at(self.policy.early_grace_ms) > self.now);
+            }
+        }
         let ids: Vec<String> = self.states.keys().cloned().collect();
         for id in ids {
             let d = self.process(&id, &Event::Tick)?;
@@ -287,11 +390,7 @@ impl World {
                 });
                 let d = self.process(&id, &e)?;
                 if !known {
-                    prop_assert!(
-                        matches!(d, Decision::Reject(RejectReason::UnknownOrder { .. })),
-                        "{:?}",
-                        d
-                    );
+                    prop_assert!(self.early.contains_key(&id) || matches!(d, Decision::Reject(_)));
                 }
             }
             Op::UnknownCommand { order } => {
@@ -312,21 +411,23 @@ impl World {
                         d
                     );
                 } else {
-                    prop_assert!(
-                        matches!(d, Decision::Reject(RejectReason::UnknownOrder { .. })),
-                        "{:?}",
-                        d
-                    );
+                    prop_assert!(self.early.contains_key(&id) || matches!(d, Decision::Reject(_)));
                 }
             }
             Op::UnknownOrder => {
                 let e = result_event("ghost", "x", Action::Charge, Outcome::Failure, true);
-                let d = self.process("ghost", &e)?;
-                prop_assert!(
-                    matches!(d, Decision::Reject(RejectReason::UnknownOrder { .. })),
-                    "{:?}",
-                    d
-                );
+                self.process("ghost", &e)?;
+                prop_assert!(!self.states.contains_key("ghost"));
+            }
+            Op::EarlyReservation { order } => {
+                let id = self.order_id(order);
+                if self.states.contains_key(&id) {
+                    return Ok(());
+                }
+                let first = command_id(&id, Action::Reserve, 1);
+                self.succeeded.insert(first.clone());
+                let e = result_event(&id, &first, Action::Reserve, Outcome::Success, false);
+                self.process(&id, &e)?;
             }
             Op::WrongAction { pick } => {
                 if self.seen.is_empty() {
@@ -363,10 +464,12 @@ impl World {
             if !self.transit.is_empty() {
                 continue;
             }
+            let grace = self.policy.early_grace_ms;
             let due = self
                 .states
                 .values()
                 .filter_map(OrderState::next_deadline)
+                .chain(self.early.values().map(|e| e.expires_at(grace)))
                 .min();
             match due {
                 None => return Ok(()),
@@ -391,6 +494,16 @@ impl World {
     }
 
     fn check_final(&self) -> Result<(), TestCaseError> {
+        prop_assert!(self.early.is_empty(), "still held: {:?}", self.early);
+        for id in &self.born_canceled {
+            let st = &self.states[id];
+            prop_assert!(
+                st.commands.is_empty(),
+                "{}: born canceled, yet {:?}",
+                id,
+                st.commands
+            );
+        }
         for (id, st) in &self.states {
             // (1) terminal, nothing outstanding.
             prop_assert!(st.is_terminal(), "{} ended {:?}", id, st.status);

@@ -30,11 +30,15 @@ pub struct Policy {
     pub backoff_max_ms: Millis,
     /// ISO 4217 codes accepted on create, compared exactly (upper case).
     pub supported_currencies: Vec<String>,
+    /// How long a cancel or result that arrived before its order's create is held for
+    /// the create before it is dead-lettered (see [`super::early`]).
+    pub early_grace_ms: Millis,
 }
 
 impl Default for Policy {
-    /// 30 s per command, 3 attempts, backoff 200 ms doubling up to 30 s, and the common
-    /// currencies of a European shop plus USD, CAD, AUD and JPY.
+    /// 30 s per command, 3 attempts, backoff 200 ms doubling up to 30 s, the common
+    /// currencies of a European shop plus USD, CAD, AUD and JPY, and 5 minutes of grace
+    /// for events that arrive before their order.
     fn default() -> Self {
         Policy {
             inventory_timeout_ms: 30_000,
@@ -52,6 +56,7 @@ impl Default for Policy {
             .into_iter()
             .map(String::from)
             .collect(),
+            early_grace_ms: 300_000,
         }
     }
 }
@@ -76,6 +81,7 @@ impl Policy {
             backoff_base_ms: retry_backoff_ms,
             backoff_max_ms: default.backoff_max_ms.max(retry_backoff_ms),
             supported_currencies: default.supported_currencies,
+            early_grace_ms: default.early_grace_ms,
         }
     }
 

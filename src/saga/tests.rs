@@ -1,4 +1,4 @@
-//! One test per row of the saga table and per safety rule (DESIGN.md §2).
+//! One test per row of the saga table and per safety rule (README, "The saga").
 
 use super::test_support::*;
 use super::*;
