@@ -137,6 +137,27 @@ pub struct Config {
     )]
     pub retry_backoff_ms: u64,
 
+    /// How long a partition group waits for an input partition that may still hold an
+    /// earlier record before it goes on without it (like Kafka Streams'
+    /// `max.task.idle.ms`), in milliseconds.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_MAX_TASK_IDLE_MS",
+        default_value_t = 300,
+        global = true
+    )]
+    pub max_task_idle_ms: u64,
+
+    /// How long a cancel or result that arrived before its order's create is held for
+    /// the create, in milliseconds, before it is dead-lettered.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_EARLY_GRACE_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub early_grace_ms: u64,
+
     /// Consumer group of the PostgreSQL sink.
     #[arg(
         long,
@@ -317,6 +338,20 @@ impl Config {
             3_600_000,
         )?;
         in_range(
+            "--max-task-idle-ms",
+            "ORDER_SAGA_MAX_TASK_IDLE_MS",
+            self.max_task_idle_ms,
+            0,
+            60_000,
+        )?;
+        in_range(
+            "--early-grace-ms",
+            "ORDER_SAGA_EARLY_GRACE_MS",
+            self.early_grace_ms,
+            1,
+            7 * 86_400_000,
+        )?;
+        in_range(
             "--stats-interval-s",
             "ORDER_SAGA_STATS_INTERVAL_S",
             self.stats_interval_s,
@@ -365,6 +400,11 @@ impl Config {
                 "ORDER_SAGA_RETRY_BACKOFF_MS",
                 self.retry_backoff_ms.to_string(),
             ),
+            (
+                "ORDER_SAGA_MAX_TASK_IDLE_MS",
+                self.max_task_idle_ms.to_string(),
+            ),
+            ("ORDER_SAGA_EARLY_GRACE_MS", self.early_grace_ms.to_string()),
             ("ORDER_SAGA_SINK_GROUP", self.sink_group.clone()),
             (
                 "ORDER_SAGA_STATS_INTERVAL_S",
@@ -386,11 +426,19 @@ impl Config {
 
     /// The saga policy these settings describe.
     pub fn policy(&self) -> Policy {
-        Policy::from_settings(
-            self.step_timeout_ms as i64,
-            self.max_attempts,
-            self.retry_backoff_ms as i64,
-        )
+        Policy {
+            early_grace_ms: self.early_grace_ms as i64,
+            ..Policy::from_settings(
+                self.step_timeout_ms as i64,
+                self.max_attempts,
+                self.retry_backoff_ms as i64,
+            )
+        }
+    }
+
+    /// How long a partition group waits for a silent input partition.
+    pub fn max_task_idle(&self) -> Duration {
+        Duration::from_millis(self.max_task_idle_ms)
     }
 }
 

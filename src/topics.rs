@@ -14,6 +14,9 @@ pub const NOTIFICATION_SEND_REQUEST: &str = "notification-send-request";
 pub const NOTIFICATION_SEND_RESULT: &str = "notification-send-result";
 pub const ORDER_STATUS: &str = "order-status";
 pub const ORDER_DLQ: &str = "order-dlq";
+/// The processor's own compacted changelog of events held before their order's create
+/// (not a contract: no other service reads or writes it).
+pub const ORDER_EARLY_EVENTS: &str = "order-early-events";
 
 /// The command topic of a downstream service.
 pub fn request_topic(step: Step) -> &'static str {
@@ -56,7 +59,7 @@ pub const PROCESSOR_INPUTS: [&str; 6] = [
 ];
 
 /// Every topic of the saga, inputs and outputs.
-pub const ALL: [&str; 12] = [
+pub const ALL: [&str; 13] = [
     ORDER_CREATE_REQUEST,
     ORDER_CANCEL_REQUEST,
     INVENTORY_RESERVE_REQUEST,
@@ -69,6 +72,7 @@ pub const ALL: [&str; 12] = [
     NOTIFICATION_SEND_RESULT,
     ORDER_STATUS,
     ORDER_DLQ,
+    ORDER_EARLY_EVENTS,
 ];
 
 #[cfg(test)]

@@ -34,7 +34,8 @@ fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaErro
 }
 
 /// Creates `names` with `partitions` partitions each, leaving existing topics as they are.
-/// `order-status` is created compacted, since it is the changelog of the saga state.
+/// `order-status` and `order-early-events` are created compacted: they are the changelogs
+/// of the saga state.
 pub async fn create_topics(
     config: &Config,
     names: &[&str],
@@ -50,6 +51,10 @@ pub async fn create_topics(
                 // ones only after readers have had an hour to see them.
                 t.set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "3600000")
+            } else if name.ends_with(topics::ORDER_EARLY_EVENTS) {
+                // Held events are tombstoned once released or expired; compaction keeps
+                // the topic as small as the events still held.
+                t.set("cleanup.policy", "compact")
             } else {
                 t
             }

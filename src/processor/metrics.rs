@@ -20,6 +20,15 @@ pub struct Metrics {
     pub state_changes: AtomicU64,
     pub restored_orders: AtomicU64,
     pub evicted_orders: AtomicU64,
+    /// Cancels and results held because their order's create had not been read.
+    pub held_events: AtomicU64,
+    /// Held events applied (or ignored by the saga rules) once the create came.
+    pub released_events: AtomicU64,
+    /// Held events dead-lettered because no create came within the grace.
+    pub expired_events: AtomicU64,
+    /// Times a partition group went on without an input partition that might still have
+    /// held an earlier record.
+    pub idle_timeouts: AtomicU64,
 }
 
 impl Metrics {
@@ -27,8 +36,12 @@ impl Metrics {
         counter.fetch_add(n, Relaxed);
     }
 
-    /// Logs the counters and the orders in memory per status.
-    pub fn log(&self, what: &str, in_memory: &BTreeMap<Status, u64>) {
+    pub fn set(counter: &AtomicU64, n: u64) {
+        counter.store(n, Relaxed);
+    }
+
+    /// Logs the counters, the orders in memory per status and the ids holding events.
+    pub fn log(&self, what: &str, in_memory: &BTreeMap<Status, u64>, holding: usize) {
         let per_status: String = in_memory
             .iter()
             .map(|(s, n)| format!("{}={n}", s.as_str()))
@@ -45,7 +58,12 @@ impl Metrics {
             state_changes = self.state_changes.load(Relaxed),
             restored = self.restored_orders.load(Relaxed),
             evicted = self.evicted_orders.load(Relaxed),
+            held = self.held_events.load(Relaxed),
+            released = self.released_events.load(Relaxed),
+            expired = self.expired_events.load(Relaxed),
+            idle_timeouts = self.idle_timeouts.load(Relaxed),
             in_memory = %per_status,
+            holding,
             "{what}"
         );
     }

@@ -1,8 +1,9 @@
-//! Restoring a partition's saga state from its `order-status` changelog partition.
+//! Restoring a partition's saga state from its changelog partitions.
 //!
-//! The changelog is compacted and keyed by order id; the last record of a key is the
-//! order's state. Reading with read_committed up to the end (librdkafka reports the end
-//! at the last stable offset) sees exactly the committed transactions.
+//! Both changelogs are compacted and keyed by order id; the last record of a key is the
+//! order's state (`order-status`) or the events held for it (`order-early-events`).
+//! Reading with read_committed up to the end (librdkafka reports the end at the last
+//! stable offset) sees exactly the committed transactions.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,15 +11,15 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
-use rdkafka::message::Message;
+use rdkafka::message::{BorrowedMessage, Message};
 use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{info, warn};
 
-use super::store::PartitionStore;
+use super::store::{Entry, PartitionStore};
 use super::{now_millis, wire, Context};
 use crate::kafka::clients;
-use crate::saga::{Millis, OrderState};
+use crate::saga::Millis;
 use crate::topics::{self, Topics};
 
 #[derive(Debug, Error)]
@@ -31,7 +32,8 @@ pub enum RestoreError {
     Interrupted,
 }
 
-/// Reads `partitions` of `order-status` to their end and returns a store per partition.
+/// Reads `partitions` of `order-status` and `order-early-events` to their end and returns
+/// a store per partition.
 ///
 /// Terminal orders older than the retention are skipped, so memory after a restore is
 /// bounded like memory after eviction. A changelog record that cannot be decoded is
@@ -44,7 +46,109 @@ pub fn restore(
     stop: &AtomicBool,
 ) -> Result<BTreeMap<i32, PartitionStore>, RestoreError> {
     let started = Instant::now();
-    let topic = topics.name(topics::ORDER_STATUS);
+    let older_than: Millis = now_millis() - ctx.config.state_retention_ms as Millis;
+    let mut latest: BTreeMap<i32, HashMap<String, Entry>> =
+        partitions.iter().map(|p| (*p, HashMap::new())).collect();
+
+    let status_topic = topics.name(topics::ORDER_STATUS);
+    let mut records = read_to_end(ctx, &status_topic, partitions, stop, |p, msg| {
+        let Some(payload) = msg.payload() else {
+            return Ok(());
+        };
+        match ctx
+            .runtime
+            .block_on(wire::decode_status(&ctx.codec, payload))
+        {
+            Ok(Some(state)) => {
+                if let Some(map) = latest.get_mut(&p) {
+                    // Dropping expired orders as they are read, not after the whole
+                    // changelog is in memory, bounds the restore's peak memory by the
+                    // orders kept rather than by the changelog's length.
+                    if state.is_settled() && state.updated_at < older_than {
+                        map.remove(&state.order_id);
+                    } else {
+                        map.insert(state.order_id.clone(), Entry::Order(Box::new(state)));
+                    }
+                }
+                Ok(())
+            }
+            Ok(None) => Ok(()),
+            Err(e) if e.is_transient() => Err(RestoreError::Registry(e.to_string())),
+            Err(e) => {
+                warn!(partition = p, offset = msg.offset(), error = %e, "changelog record skipped");
+                Ok(())
+            }
+        }
+    })?;
+
+    // Held events: the last record of a key is what is held; a tombstone means they were
+    // released or expired. An order restored above wins over held events of its id.
+    let early_topic = topics.name(topics::ORDER_EARLY_EVENTS);
+    let mut held = 0usize;
+    records += read_to_end(ctx, &early_topic, partitions, stop, |p, msg| {
+        let Some(map) = latest.get_mut(&p) else {
+            return Ok(());
+        };
+        let key = msg.key().map(|k| String::from_utf8_lossy(k).into_owned());
+        match (key, msg.payload()) {
+            (Some(key), None) => {
+                if matches!(map.get(&key), Some(Entry::Early(_))) {
+                    map.remove(&key);
+                }
+            }
+            (Some(key), Some(payload)) => match wire::decode_early(payload) {
+                Ok(early) => {
+                    if !matches!(map.get(&key), Some(Entry::Order(_))) {
+                        map.insert(key, Entry::Early(early));
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = p, offset = msg.offset(), error = %e, "held-events record skipped");
+                }
+            },
+            (None, _) => {}
+        }
+        Ok(())
+    })?;
+
+    let grace = ctx.policy.early_grace_ms;
+    let mut stores = BTreeMap::new();
+    let mut orders = 0usize;
+    for (p, map) in latest {
+        let mut store = PartitionStore::new(grace);
+        for (id, entry) in map {
+            if matches!(entry, Entry::Early(_)) {
+                held += 1;
+            }
+            store.restore(id, entry);
+        }
+        orders += store.len();
+        stores.insert(p, store);
+    }
+    release_freed_memory();
+    let secs = started.elapsed().as_secs_f64();
+    info!(
+        partitions = ?partitions,
+        records,
+        orders,
+        held,
+        seconds = secs,
+        records_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 },
+        "state restored"
+    );
+    Ok(stores)
+}
+
+/// Reads `partitions` of `topic` with read_committed from the beginning to the end
+/// (librdkafka reports the end at the last stable offset), handing every record to
+/// `each`. Returns how many records were read.
+fn read_to_end(
+    ctx: &Context,
+    topic: &str,
+    partitions: &BTreeSet<i32>,
+    stop: &AtomicBool,
+    mut each: impl FnMut(i32, &BorrowedMessage<'_>) -> Result<(), RestoreError>,
+) -> Result<u64, RestoreError> {
     let mut cfg = clients::assigned_reader(
         &ctx.config,
         &format!("{}-restore", ctx.config.transactional_id()),
@@ -52,23 +156,19 @@ pub fn restore(
     cfg.set("enable.partition.eof", "true");
     let consumer: BaseConsumer<clients::EofAwareContext> =
         cfg.create_with_context(clients::EofAwareContext)?;
-
     let mut pending: BTreeSet<i32> = BTreeSet::new();
     let mut tpl = TopicPartitionList::new();
     for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(30))?;
+        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))?;
         if high > low {
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
+            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
             pending.insert(*p);
         }
     }
-    let mut latest: BTreeMap<i32, HashMap<String, OrderState>> =
-        partitions.iter().map(|p| (*p, HashMap::new())).collect();
-    let mut records = 0u64;
-    let older_than: Millis = now_millis() - ctx.config.state_retention_ms as Millis;
     if !pending.is_empty() {
         consumer.assign(&tpl)?;
     }
+    let mut records = 0u64;
     while !pending.is_empty() {
         if stop.load(Ordering::SeqCst) {
             return Err(RestoreError::Interrupted);
@@ -79,62 +179,15 @@ pub fn restore(
                 pending.remove(&p);
             }
             Some(Err(e)) => {
-                warn!(error = %e, "error while restoring; continuing");
+                warn!(topic, error = %e, "error while restoring; continuing");
             }
             Some(Ok(msg)) => {
                 records += 1;
-                let Some(payload) = msg.payload() else {
-                    continue;
-                };
-                match ctx
-                    .runtime
-                    .block_on(wire::decode_status(&ctx.codec, payload))
-                {
-                    Ok(Some(state)) => {
-                        if let Some(map) = latest.get_mut(&msg.partition()) {
-                            // Dropping expired orders as they are read, not after the whole
-                            // changelog is in memory, bounds the restore's peak memory by
-                            // the orders kept rather than by the changelog's length.
-                            if state.is_settled() && state.updated_at < older_than {
-                                map.remove(&state.order_id);
-                            } else {
-                                map.insert(state.order_id.clone(), state);
-                            }
-                        }
-                    }
-                    Ok(None) => {}
-                    Err(e) if e.is_transient() => {
-                        return Err(RestoreError::Registry(e.to_string()))
-                    }
-                    Err(e) => {
-                        warn!(partition = msg.partition(), offset = msg.offset(), error = %e, "changelog record skipped");
-                    }
-                }
+                each(msg.partition(), &msg)?;
             }
         }
     }
-    let mut stores = BTreeMap::new();
-    let mut orders = 0usize;
-    for (p, map) in latest {
-        let mut store = PartitionStore::default();
-        for (_, state) in map {
-            store.restore(state);
-        }
-        orders += store.len();
-        stores.insert(p, store);
-    }
-    drop(consumer);
-    release_freed_memory();
-    let secs = started.elapsed().as_secs_f64();
-    info!(
-        partitions = ?partitions,
-        records,
-        orders,
-        seconds = secs,
-        records_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 },
-        "state restored"
-    );
-    Ok(stores)
+    Ok(records)
 }
 
 /// Gives memory freed by the restore back to the operating system.

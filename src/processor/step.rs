@@ -1,0 +1,353 @@
+//! One step of the saga inside the open transaction: an input record or a due deadline,
+//! decided by the pure core and turned into produced records and state changes.
+//!
+//! This module owns the mapping from decisions to output: the `order-status` record of
+//! every new state, the commands, the `order-early-events` record of held events (and its
+//! tombstone once they are released or expire), and the state overlay. It never commits
+//! or aborts; an error it returns makes the loop abort the transaction.
+
+use std::time::Duration;
+
+use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::producer::BaseRecord;
+use tracing::{debug, warn};
+
+use super::metrics::Metrics;
+use super::store::Entry;
+use super::wire::{self, WireError};
+use super::{now_millis, Loop, StepError};
+use crate::kafka::{classify, ErrorClass};
+use crate::saga::{Command, Decision, EarlyDecision, Event, OrderState, Origin};
+use crate::topics;
+
+impl Loop {
+    /// Handles one input record inside the open transaction.
+    pub(super) fn handle(&mut self, msg: &OwnedMessage) -> Result<(), StepError> {
+        self.begin()?;
+        self.txn
+            .consumed(msg.topic(), msg.partition(), msg.offset());
+        Metrics::add(&self.ctx.metrics.records_in, 1);
+
+        let partition = msg.partition();
+        let Some(base) = self.topics.base(msg.topic()) else {
+            return self.dead_letter(
+                msg,
+                "unknown_topic",
+                "record from a topic the processor does not read",
+            );
+        };
+        let Some(key) = msg.key() else {
+            return self.dead_letter(
+                msg,
+                "missing_key",
+                "record has no key; the key must be the order id",
+            );
+        };
+        let Ok(key) = std::str::from_utf8(key).map(str::to_string) else {
+            return self.dead_letter(msg, "invalid_key", "key is not UTF-8");
+        };
+        let Some(payload) = msg.payload() else {
+            return self.dead_letter(msg, "missing_value", "record has no value");
+        };
+        let event =
+            match self
+                .ctx
+                .runtime
+                .block_on(wire::decode_event(&self.ctx.codec, base, payload))
+            {
+                Ok(e) => e,
+                // The registry being unreachable is not the record's fault: retry it.
+                Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
+                Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
+            };
+        if wire::event_order_id(&event) != Some(key.as_str()) {
+            return self.dead_letter(
+                msg,
+                "key_mismatch",
+                "the record's order_id differs from its key",
+            );
+        }
+        let now = now_millis();
+        let timestamp = msg.timestamp().to_millis().unwrap_or(now);
+        let Some(store) = self.stores.get(&partition) else {
+            // Inputs are opened only for restored partitions; one that is not ours any
+            // more will be read again by its owner.
+            return Err(StepError::Abort(format!(
+                "record of partition {partition}, whose state is not here"
+            )));
+        };
+        match store.get(&key) {
+            Some(Entry::Order(state)) => {
+                let decision = self.ctx.policy.decide(Some(state.as_ref()), &event, now);
+                self.settle(partition, msg, decision)
+            }
+            other => {
+                let early = match other {
+                    Some(Entry::Early(e)) => Some(e),
+                    _ => None,
+                };
+                let had_early = early.is_some();
+                let origin = matches!(event, Event::Cancel(_) | Event::Result(_)).then(|| Origin {
+                    topic: msg.topic().to_string(),
+                    partition,
+                    offset: msg.offset(),
+                    payload: payload.to_vec(),
+                });
+                let decision = self
+                    .ctx
+                    .policy
+                    .decide_early(early, &event, timestamp, origin, now);
+                self.settle_early(partition, &key, Some(msg), had_early, decision)
+            }
+        }
+    }
+
+    /// Carries out a decision about a known order.
+    fn settle(
+        &mut self,
+        partition: i32,
+        msg: &OwnedMessage,
+        decision: Decision,
+    ) -> Result<(), StepError> {
+        match decision {
+            Decision::Apply { state, commands } => self.apply(partition, state, commands),
+            Decision::Ignore(reason) => {
+                debug!(reason = %reason, "event ignored");
+                Metrics::add(&self.ctx.metrics.ignored_events, 1);
+                Ok(())
+            }
+            Decision::Reject(reason) => self.dead_letter(msg, reason.kind(), &reason.to_string()),
+        }
+    }
+
+    /// Carries out a decision about an order that had no state: hold the event, release
+    /// the held events with the create, or dead-letter what expired.
+    fn settle_early(
+        &mut self,
+        partition: i32,
+        order_id: &str,
+        msg: Option<&OwnedMessage>,
+        had_early: bool,
+        decision: EarlyDecision,
+    ) -> Result<(), StepError> {
+        let early_topic = self.topics.name(topics::ORDER_EARLY_EVENTS);
+        match decision {
+            EarlyDecision::Hold(early) => {
+                let bytes = wire::encode_early(&early).map_err(encoding_failed)?;
+                self.send(&early_topic, Some(partition), order_id, Some(&bytes), None)?;
+                debug!(
+                    order_id,
+                    held = early.held.len(),
+                    "event held until its order's create"
+                );
+                Metrics::add(&self.ctx.metrics.held_events, 1);
+                if let Some(store) = self.stores.get_mut(&partition) {
+                    store.put(order_id, Entry::Early(early));
+                }
+                Ok(())
+            }
+            EarlyDecision::Release(steps) => {
+                if had_early {
+                    self.send(&early_topic, Some(partition), order_id, None, None)?;
+                    if let Some(store) = self.stores.get_mut(&partition) {
+                        store.remove(order_id);
+                    }
+                }
+                for step in steps {
+                    match (step.decision, step.held) {
+                        (Decision::Apply { state, commands }, held) => {
+                            if held.is_some() {
+                                Metrics::add(&self.ctx.metrics.released_events, 1);
+                            }
+                            self.apply(partition, state, commands)?;
+                        }
+                        (Decision::Ignore(reason), held) => {
+                            debug!(order_id, reason = %reason, "event ignored");
+                            if held.is_some() {
+                                Metrics::add(&self.ctx.metrics.released_events, 1);
+                            }
+                            Metrics::add(&self.ctx.metrics.ignored_events, 1);
+                        }
+                        (Decision::Reject(reason), Some(held)) => {
+                            self.dead_letter_held(
+                                order_id,
+                                &held,
+                                reason.kind(),
+                                &reason.to_string(),
+                            )?;
+                        }
+                        (Decision::Reject(reason), None) => match msg {
+                            Some(m) => self.dead_letter(m, reason.kind(), &reason.to_string())?,
+                            None => warn!(order_id, reason = %reason, "create rejected"),
+                        },
+                    }
+                }
+                Ok(())
+            }
+            EarlyDecision::Expire(held) => {
+                let now = now_millis();
+                for h in &held {
+                    let age = now - h.held_at;
+                    let message = format!(
+                        "unknown order {order_id:?}: no create arrived within the grace of {} ms (held {age} ms)",
+                        self.ctx.policy.early_grace_ms
+                    );
+                    self.dead_letter_held(order_id, h, "unknown_order", &message)?;
+                    Metrics::add(&self.ctx.metrics.expired_events, 1);
+                }
+                self.send(&early_topic, Some(partition), order_id, None, None)?;
+                if let Some(store) = self.stores.get_mut(&partition) {
+                    store.remove(order_id);
+                }
+                Ok(())
+            }
+            EarlyDecision::Ignore(reason) => {
+                debug!(order_id, reason = %reason, "event ignored");
+                Metrics::add(&self.ctx.metrics.ignored_events, 1);
+                Ok(())
+            }
+            EarlyDecision::Reject(reason) => match msg {
+                Some(m) => self.dead_letter(m, reason.kind(), &reason.to_string()),
+                None => {
+                    warn!(order_id, reason = %reason, "tick rejected");
+                    Ok(())
+                }
+            },
+        }
+    }
+
+    /// Writes a new state and its commands into the open transaction.
+    pub(super) fn apply(
+        &mut self,
+        partition: i32,
+        state: OrderState,
+        commands: Vec<Command>,
+    ) -> Result<(), StepError> {
+        self.begin()?;
+        let status_topic = self.topics.name(topics::ORDER_STATUS);
+        let bytes = self.encode(wire::encode_status(&self.ctx.codec, &state))?;
+        // The status record goes to the input's partition number, which is the partition
+        // its state is restored from, whatever partitioner a producer upstream used.
+        self.send(
+            &status_topic,
+            Some(partition),
+            &state.order_id,
+            Some(&bytes),
+            None,
+        )?;
+        for command in &commands {
+            let topic = self.topics.name(topics::command_topic(command.action));
+            let bytes = self.encode(wire::encode_command(&self.ctx.codec, command, &state))?;
+            self.send(&topic, None, &command.order_id, Some(&bytes), None)?;
+            if wire::is_compensation(command.action) {
+                Metrics::add(&self.ctx.metrics.compensations, 1);
+            }
+        }
+        debug!(order_id = %state.order_id, status = state.status.as_str(), version = state.version, commands = commands.len(), "order changed");
+        Metrics::add(&self.ctx.metrics.state_changes, 1);
+        if let Some(store) = self.stores.get_mut(&partition) {
+            let id = state.order_id.clone();
+            store.put(&id, Entry::Order(Box::new(state)));
+        }
+        Ok(())
+    }
+
+    fn encode(
+        &self,
+        fut: impl std::future::Future<Output = Result<Vec<u8>, WireError>>,
+    ) -> Result<Vec<u8>, StepError> {
+        self.ctx.runtime.block_on(fut).map_err(encoding_failed)
+    }
+
+    /// Produces one record (or a tombstone) into the open transaction.
+    pub(super) fn send(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &str,
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), StepError> {
+        self.begin()?;
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key.as_bytes());
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        if let Some(p) = partition {
+            record = record.partition(p);
+        }
+        if let Some(h) = headers {
+            record = record.headers(h);
+        }
+        self.enqueue(record)
+    }
+
+    /// Hands a record to the producer inside the open transaction, waiting while its
+    /// local queue is full.
+    pub(super) fn enqueue(
+        &mut self,
+        mut record: BaseRecord<'_, [u8], [u8]>,
+    ) -> Result<(), StepError> {
+        loop {
+            match self.producer.send(record) {
+                Ok(()) => break,
+                Err((e, back)) => match classify(&e) {
+                    ErrorClass::Retry => {
+                        record = back;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    _ => return Err(StepError::from(e)),
+                },
+            }
+        }
+        self.txn.records_out += 1;
+        Ok(())
+    }
+
+    /// Feeds a `Tick` to every entry whose deadline has passed, in the open transaction,
+    /// so a timeout and its compensations (or the expiry of held events and their dead
+    /// letters) commit atomically.
+    pub(super) fn fire_deadlines(&mut self) -> Result<(), StepError> {
+        let now = now_millis();
+        let due: Vec<(i32, String)> = self
+            .stores
+            .iter()
+            .flat_map(|(p, s)| s.due(now).into_iter().map(move |id| (*p, id)))
+            .collect();
+        for (partition, id) in due {
+            let Some(store) = self.stores.get(&partition) else {
+                continue;
+            };
+            match store.get(&id) {
+                Some(Entry::Order(state)) => {
+                    match self
+                        .ctx
+                        .policy
+                        .decide(Some(state.as_ref()), &Event::Tick, now)
+                    {
+                        Decision::Apply { state, commands } => {
+                            self.apply(partition, state, commands)?
+                        }
+                        Decision::Ignore(_) => {}
+                        Decision::Reject(reason) => {
+                            warn!(order_id = %id, reason = %reason, "tick rejected");
+                        }
+                    }
+                }
+                Some(Entry::Early(early)) => {
+                    let decision =
+                        self.ctx
+                            .policy
+                            .decide_early(Some(early), &Event::Tick, now, None, now);
+                    self.settle_early(partition, &id, None, true, decision)?;
+                }
+                None => {}
+            }
+        }
+        Ok(())
+    }
+}
+
+fn encoding_failed(e: WireError) -> StepError {
+    StepError::Abort(format!("encoding failed: {e}"))
+}

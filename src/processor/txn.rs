@@ -1,0 +1,237 @@
+//! The open transaction: begin, commit, abort and rewind.
+//!
+//! Follows librdkafka's transactional-producer guide. A call that fails retriably is
+//! called again (for `commit_transaction` that is how its outcome is learned, not a
+//! redo), within the transaction timeout in all; an error that requires an abort aborts
+//! and rewinds; a fatal one ends the producer. A commit whose outcome is still unknown
+//! when the transaction timeout has passed ends the process rather than guess: the broker
+//! has by then completed or aborted it, and a restart resumes from what committed.
+//!
+//! This module owns the transaction's bookkeeping (offsets consumed, records produced)
+//! and the consumer's position after an abort. It decides nothing about orders.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::Consumer;
+use rdkafka::error::KafkaError;
+use rdkafka::producer::Producer;
+use rdkafka::{Offset, TopicPartitionList};
+use tracing::{error, warn};
+
+use super::metrics::Metrics;
+use super::{now_millis, Loop, ProcessorError, StepError};
+use crate::kafka::{classify, ErrorClass};
+use crate::retry::Backoff;
+
+/// One input record's place, for offsets and rewinds.
+pub type TopicPartition = (String, i32);
+
+/// The state of the open transaction.
+#[derive(Default)]
+pub struct Txn {
+    pub open: bool,
+    /// Offset of the first record decided per partition: where an abort rewinds to.
+    pub first_offsets: HashMap<TopicPartition, i64>,
+    /// Offset after the last record decided per partition: what the commit stores.
+    pub next_offsets: HashMap<TopicPartition, i64>,
+    pub records_out: u64,
+}
+
+impl Txn {
+    /// Notes that the record at `offset` was decided in this transaction.
+    pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
+        let tp = (topic.to_string(), partition);
+        self.first_offsets.entry(tp.clone()).or_insert(offset);
+        self.next_offsets.insert(tp, offset + 1);
+    }
+}
+
+impl Loop {
+    /// Opens a transaction if none is open.
+    pub(super) fn begin(&mut self) -> Result<(), StepError> {
+        if !self.txn.open {
+            self.producer.begin_transaction()?;
+            self.txn.open = true;
+        }
+        Ok(())
+    }
+
+    /// How long transaction calls may keep failing retriably in all.
+    fn budget(&self) -> Duration {
+        Duration::from_millis(self.ctx.config.transaction_timeout_ms)
+    }
+
+    /// Commits the open transaction with the consumed offsets.
+    pub(super) fn commit(&mut self) -> Result<(), StepError> {
+        if !self.txn.open {
+            return Ok(());
+        }
+        let started = Instant::now();
+        let budget = self.budget();
+        let mut offsets = TopicPartitionList::new();
+        for ((topic, partition), next) in &self.txn.next_offsets {
+            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        }
+        if offsets.count() > 0 {
+            let Some(group) = self.consumer.group_metadata() else {
+                return Err(StepError::Abort("consumer has no group metadata".into()));
+            };
+            retrying(budget, started, |left| {
+                self.producer
+                    .send_offsets_to_transaction(&offsets, &group, left)
+            })
+            .map_err(|e| match e {
+                // Offsets not sent: the transaction is still open and can be aborted.
+                StepError::Indeterminate { reason, .. } => StepError::Abort(reason),
+                other => other,
+            })?;
+        }
+        retrying(budget, started, |left| {
+            self.producer.commit_transaction(left)
+        })?;
+        let now = now_millis();
+        for store in self.stores.values_mut() {
+            store.commit(now);
+        }
+        Metrics::add(&self.ctx.metrics.transactions_committed, 1);
+        Metrics::add(&self.ctx.metrics.records_out, self.txn.records_out);
+        self.txn = Txn::default();
+        Ok(())
+    }
+
+    /// Aborts the open transaction and forgets its state changes, leaving the consumer
+    /// where it is (for a rebalance, after which the consumer starts over anyway).
+    pub(super) fn abort_only(&mut self) -> Result<(), StepError> {
+        if self.txn.open {
+            let started = Instant::now();
+            retrying(self.budget(), started, |left| {
+                self.producer.abort_transaction(left)
+            })?;
+            Metrics::add(&self.ctx.metrics.transactions_aborted, 1);
+        }
+        for store in self.stores.values_mut() {
+            store.rollback();
+        }
+        self.txn = Txn::default();
+        Ok(())
+    }
+
+    /// Aborts the open transaction, forgets its state changes, and seeks every input
+    /// partition back to the first record not committed: those decided in the aborted
+    /// transaction and those buffered but not yet decided.
+    pub(super) fn abort_and_rewind(&mut self) -> Result<(), ProcessorError> {
+        let first_offsets = std::mem::take(&mut self.txn.first_offsets);
+        let txn_id = self.ctx.config.transactional_id();
+        match self.abort_only() {
+            Ok(()) => {}
+            Err(StepError::Fatal(e)) => return Err(fatal(&txn_id, e)),
+            Err(StepError::Indeterminate { waited_ms, reason }) => {
+                return Err(ProcessorError::Indeterminate { waited_ms, reason })
+            }
+            Err(StepError::Abort(reason)) => {
+                return Err(ProcessorError::Indeterminate {
+                    waited_ms: self.ctx.config.transaction_timeout_ms,
+                    reason,
+                })
+            }
+        }
+        let mut rewind = self.inputs.drain_buffers();
+        for (tp, first) in first_offsets {
+            rewind
+                .entry(tp)
+                .and_modify(|o| *o = (*o).min(first))
+                .or_insert(first);
+        }
+        let assignment = self.consumer.assignment()?;
+        for ((topic, partition), first) in rewind {
+            if assignment.find_partition(&topic, partition).is_none() {
+                continue;
+            }
+            if let Err(e) = self.consumer.seek(
+                &topic,
+                partition,
+                Offset::Offset(first),
+                Duration::from_secs(10),
+            ) {
+                // A seek that fails leaves the consumer past records whose output was
+                // just aborted: they would be skipped. Stop rather than risk that.
+                error!(topic = %topic, partition, error = %e, "rewind failed");
+                return Err(ProcessorError::Kafka(e));
+            }
+        }
+        Ok(())
+    }
+
+    /// The end of the running state: commit what was decided; if that fails, abort, so
+    /// the next owner of the partitions does the work again. Never fails: a drain that
+    /// meets a rebalance or a fenced producer still ends in a clean stop.
+    pub(super) fn drain(&mut self) {
+        if let Err(e) = self.commit() {
+            let why = match &e {
+                StepError::Abort(r) => r.clone(),
+                StepError::Fatal(k) => k.to_string(),
+                StepError::Indeterminate { reason, .. } => reason.clone(),
+            };
+            warn!(reason = %why, "final commit failed; aborting it, the input will be processed again by its next owner");
+            if self.abort_only().is_err() {
+                warn!("abort at shutdown failed; the broker aborts the transaction at its timeout");
+            }
+        }
+        self.consumer.unsubscribe();
+    }
+}
+
+/// Calls a transaction call while its error is classified retriable, each time with what
+/// is left of `budget` (counted from `started`) as its own timeout.
+fn retrying(
+    budget: Duration,
+    started: Instant,
+    mut call: impl FnMut(Duration) -> Result<(), KafkaError>,
+) -> Result<(), StepError> {
+    let mut backoff = Backoff::new(Duration::from_millis(50), Duration::from_secs(2));
+    loop {
+        let left = budget.saturating_sub(started.elapsed());
+        if left.is_zero() {
+            return Err(StepError::Indeterminate {
+                waited_ms: started.elapsed().as_millis() as u64,
+                reason: "transaction call kept failing retriably".into(),
+            });
+        }
+        match call(left.min(Duration::from_secs(30))) {
+            Ok(()) => return Ok(()),
+            Err(e) if classify(&e) == ErrorClass::Retry => {
+                let delay = backoff.next_delay();
+                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "transaction call failed; retrying");
+                std::thread::sleep(delay.min(budget.saturating_sub(started.elapsed())));
+            }
+            Err(e) => return Err(StepError::from(e)),
+        }
+    }
+}
+
+/// The processor error for a fatal Kafka error: fenced, or anything else.
+pub(super) fn fatal(transactional_id: &str, e: KafkaError) -> ProcessorError {
+    let fenced = match &e {
+        KafkaError::Transaction(t) => matches!(
+            t.code(),
+            rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                | rdkafka::types::RDKafkaErrorCode::Fenced
+        ),
+        other => matches!(
+            other.rdkafka_error_code(),
+            Some(
+                rdkafka::types::RDKafkaErrorCode::ProducerFenced
+                    | rdkafka::types::RDKafkaErrorCode::Fenced
+            )
+        ),
+    };
+    if fenced {
+        ProcessorError::Fenced {
+            transactional_id: transactional_id.to_string(),
+            source: e,
+        }
+    } else {
+        ProcessorError::Kafka(e)
+    }
+}
