@@ -57,7 +57,7 @@ async fn backlog_round(round: usize) -> usize {
     create_topics(&config).await;
     let codec = codec();
     let producer = producer(&config);
-    let orders: Vec<_> = (0..180).map(order).collect();
+    let orders: Vec<_> = (0..120).map(order).collect();
     let mut canceled = HashSet::new();
     for (i, o) in orders.iter().enumerate() {
         produce_orders(&producer, &config, &codec, std::slice::from_ref(o)).await;
@@ -72,12 +72,10 @@ async fn backlog_round(round: usize) -> usize {
     let states = wait_for_states(&config, &codec, &all, WAIT, terminal).await;
     let cmds = committed_commands(&config, &codec).await;
     let mut lost = Vec::new();
+    let mut unreleased = Vec::new();
     for id in &all {
         let status = states[id].1.status;
         if canceled.contains(id) {
-            if status != Status::Canceled {
-                lost.push(format!("{id}: {}", status.as_str()));
-            }
             // Canceled while CREATED: nothing may go further than the reservation, and a
             // reservation that happened is released.
             let of = |a: Action| {
@@ -85,25 +83,29 @@ async fn backlog_round(round: usize) -> usize {
                     .filter(|c| &c.order_id == id && c.action() == a)
                     .count()
             };
-            assert_eq!(
-                of(Action::Charge) + of(Action::Schedule) + of(Action::Send),
-                0,
-                "round {round}: canceled order {id} went on past the reservation"
-            );
-            assert_eq!(
-                of(Action::Reserve),
-                of(Action::Release),
-                "round {round}: canceled order {id}: every reservation is released"
-            );
+            let beyond = of(Action::Charge) + of(Action::Schedule) + of(Action::Send);
+            if status != Status::Canceled || beyond > 0 {
+                lost.push(format!(
+                    "{id}: {} after {beyond} further commands",
+                    status.as_str()
+                ));
+            } else if of(Action::Reserve) != of(Action::Release) {
+                unreleased.push(id.clone());
+            }
         } else {
             assert_eq!(status, Status::Completed, "round {round}: order {id}");
         }
     }
     assert!(
         lost.is_empty(),
-        "round {round}: {} of {} cancels lost: {lost:?}",
+        "round {round}: {} of {} cancels lost: {:?}",
         lost.len(),
-        canceled.len()
+        canceled.len(),
+        &lost[..lost.len().min(3)]
+    );
+    assert!(
+        unreleased.is_empty(),
+        "round {round}: reservations not released: {unreleased:?}"
     );
     let dlq = dlq_kinds(&config).await;
     assert!(
@@ -114,16 +116,16 @@ async fn backlog_round(round: usize) -> usize {
 }
 
 /// Which input topic the consumer fetches first varies from run to run, and a wrong
-/// order lost every cancel of a run, so one lucky run proves nothing: three rounds, each
+/// order lost every cancel of a run, so one lucky run proves nothing: five rounds, each
 /// on fresh topics with a fresh processor.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_of_creates_and_cancels_honours_every_cancel_in_every_round() {
     let mut honoured = 0;
-    for round in 0..3 {
+    for round in 0..5 {
         honoured += backlog_round(round).await;
     }
     assert!(
-        honoured >= 3 * 50,
+        honoured >= 5 * 30,
         "the rounds published {honoured} cancels"
     );
 }
@@ -306,4 +308,58 @@ async fn read_all(config: &order_saga::config::Config, base: &'static str) -> Ve
     tokio::task::spawn_blocking(move || read_to_end(&cfg, &[base]))
         .await
         .expect("reader thread")
+}
+
+/// An upstream team's producer on librdkafka's default settings (confluent-kafka, kcat):
+/// its CRC32-based partitioner puts most keys on another partition than murmur2 does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orders_from_a_producer_with_another_partitioner_are_rerouted_and_complete() {
+    use order_saga::kafka::partitioner::partition_for;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+
+    let prefix = random_prefix();
+    let config = config(&prefix, &["--step-timeout-ms", "120000"]);
+    create_topics(&config).await;
+    let codec = codec();
+    let foreign: FutureProducer = rdkafka::ClientConfig::new()
+        .set("bootstrap.servers", &config.bootstrap)
+        .create()
+        .expect("a producer with default settings");
+    let _downstream = Downstream::start(&config, codec.clone(), |_| Reply::success());
+    let _processor = spawn(&config, "p0", &["run", "--no-sink"]);
+    let orders: Vec<_> = (0..30).map(order).collect();
+    let topic = config.topics().name(topics::ORDER_CREATE_REQUEST);
+    let mut misplaced = 0;
+    for o in &orders {
+        let bytes = codec
+            .encode(
+                topics::ORDER_CREATE_REQUEST,
+                &order_saga::contracts::records::OrderCreate::from(o),
+            )
+            .await
+            .expect("encode");
+        let rec: FutureRecord<'_, str, [u8]> = FutureRecord::to(&topic)
+            .key(o.order_id.as_str())
+            .payload(bytes.as_slice());
+        let delivered = foreign
+            .send(rec, Duration::from_secs(10))
+            .await
+            .map_err(|(e, _)| e)
+            .expect("produce");
+        if delivered.partition != partition_for(o.order_id.as_bytes(), PARTITIONS) {
+            misplaced += 1;
+        }
+    }
+    // The case under test must have happened: with 6 partitions about 5 in 6 land
+    // elsewhere.
+    assert!(
+        misplaced >= 5,
+        "only {misplaced} of 30 creates were misplaced"
+    );
+    let all = ids(&orders);
+    let states = wait_for_states(&config, &codec, &all, WAIT, terminal).await;
+    for id in &all {
+        assert_eq!(states[id].1.status, Status::Completed, "order {id}");
+    }
+    assert!(dlq_kinds(&config).await.is_empty());
 }

@@ -4,5 +4,6 @@
 pub mod admin;
 pub mod classify;
 pub mod clients;
+pub mod partitioner;
 
 pub use classify::{classify, ErrorClass};

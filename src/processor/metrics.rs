@@ -29,6 +29,8 @@ pub struct Metrics {
     /// Times a partition group went on without an input partition that might still have
     /// held an earlier record.
     pub idle_timeouts: AtomicU64,
+    /// Records moved to the partition of their key (written with another partitioner).
+    pub rerouted: AtomicU64,
 }
 
 impl Metrics {
@@ -62,6 +64,7 @@ impl Metrics {
             released = self.released_events.load(Relaxed),
             expired = self.expired_events.load(Relaxed),
             idle_timeouts = self.idle_timeouts.load(Relaxed),
+            rerouted = self.rerouted.load(Relaxed),
             in_memory = %per_status,
             holding,
             "{what}"

@@ -37,7 +37,7 @@ pub mod store;
 pub mod txn;
 pub mod wire;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -179,6 +179,10 @@ struct Loop {
     txn: Txn,
     lifecycle: Lifecycle,
     last_evict: Instant,
+    /// Partitions of every input topic (they are checked to share one count).
+    partitions: i32,
+    /// Topics on which a record was re-routed to its key's partition (logged once each).
+    rerouted_topics: HashSet<String>,
 }
 
 impl Loop {
@@ -251,6 +255,8 @@ impl Loop {
             txn: Txn::default(),
             lifecycle: Lifecycle::Running,
             last_evict: Instant::now(),
+            partitions,
+            rerouted_topics: HashSet::new(),
         })
     }
 

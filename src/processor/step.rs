@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use rdkafka::message::{Message, OwnedHeaders, OwnedMessage};
+use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
 use tracing::{debug, warn};
 
@@ -16,7 +16,7 @@ use super::metrics::Metrics;
 use super::store::Entry;
 use super::wire::{self, WireError};
 use super::{now_millis, Loop, StepError};
-use crate::kafka::{classify, ErrorClass};
+use crate::kafka::{classify, partitioner, ErrorClass};
 use crate::saga::{Command, Decision, EarlyDecision, Event, OrderState, Origin};
 use crate::topics;
 
@@ -43,6 +43,10 @@ impl Loop {
                 "record has no key; the key must be the order id",
             );
         };
+        let owner = partitioner::partition_for(key, self.partitions);
+        if owner != partition && msg.headers().is_none_or(|h| !was_rerouted(h)) {
+            return self.reroute(msg, owner);
+        }
         let Ok(key) = std::str::from_utf8(key).map(str::to_string) else {
             return self.dead_letter(msg, "invalid_key", "key is not UTF-8");
         };
@@ -100,6 +104,52 @@ impl Loop {
                 self.settle_early(partition, &key, Some(msg), had_early, decision)
             }
         }
+    }
+
+    /// Moves a record written to another partition than its key's (a producer with
+    /// another partitioner) to the partition where its order lives, in the open
+    /// transaction, keeping its timestamp and headers. It is decided when read there.
+    fn reroute(&mut self, msg: &OwnedMessage, owner: i32) -> Result<(), StepError> {
+        let topic = msg.topic().to_string();
+        if self.rerouted_topics.insert(topic.clone()) {
+            warn!(
+                topic = %topic,
+                partition = msg.partition(),
+                owner,
+                "record on another partition than murmur2 of its key gives; re-routing it \
+                 (its producer does not use the murmur2 partitioner: see the README's \
+                 partitioning contract); logged once per topic"
+            );
+        }
+        let from = msg.partition().to_string();
+        let mut headers = OwnedHeaders::new();
+        if let Some(original) = msg.headers() {
+            for h in original.iter() {
+                headers = headers.insert(rdkafka::message::Header {
+                    key: h.key,
+                    value: h.value,
+                });
+            }
+        }
+        headers = headers.insert(rdkafka::message::Header {
+            key: REROUTED_FROM,
+            value: Some(&from),
+        });
+        self.begin()?;
+        let mut record: BaseRecord<'_, [u8], [u8]> =
+            BaseRecord::to(&topic).partition(owner).headers(headers);
+        if let Some(k) = msg.key() {
+            record = record.key(k);
+        }
+        if let Some(p) = msg.payload() {
+            record = record.payload(p);
+        }
+        if let Some(ts) = msg.timestamp().to_millis() {
+            record = record.timestamp(ts);
+        }
+        self.enqueue(record)?;
+        Metrics::add(&self.ctx.metrics.rerouted, 1);
+        Ok(())
     }
 
     /// Carries out a decision about a known order.
@@ -350,4 +400,13 @@ impl Loop {
 
 fn encoding_failed(e: WireError) -> StepError {
     StepError::Abort(format!("encoding failed: {e}"))
+}
+
+/// Header put on a re-routed record: the partition it was first written to.
+pub const REROUTED_FROM: &str = "order-saga.rerouted-from";
+
+/// Whether a record was already re-routed once: it is then decided where it is, so a
+/// change of partition count can never bounce a record around.
+fn was_rerouted(headers: &OwnedHeaders) -> bool {
+    headers.iter().any(|h| h.key == REROUTED_FROM)
 }
