@@ -34,9 +34,11 @@ pub async fn run(
 ) -> anyhow::Result<()> {
     let codec = codec(&config)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
+    let tx = Arc::new(tx);
+    let on_signal = tx.clone();
     tokio::spawn(async move {
         shutdown.await;
-        let _ = tx.send(true);
+        let _ = on_signal.send(true);
     });
     let sink_task = if with_sink {
         let config = config.clone();
@@ -59,19 +61,39 @@ pub async fn run(
         runtime: tokio::runtime::Handle::current(),
     };
     let mut rx2 = rx.clone();
-    let result = processor::run(ctx, async move {
+    let processor = processor::run(ctx, async move {
         let _ = rx2.wait_for(|v| *v).await;
-    })
-    .await;
-    if let Some(task) = sink_task {
-        if result.is_err() {
-            // The processor is gone; the sink would only idle, so stop it too.
-            task.abort();
-        } else {
-            task.await.context("sink task")??;
+    });
+    let Some(mut sink_task) = sink_task else {
+        processor.await?;
+        return Ok(());
+    };
+    tokio::pin!(processor);
+    tokio::select! {
+        result = &mut processor => {
+            if result.is_err() {
+                // The processor is gone; the sink would only idle, so stop it too.
+                sink_task.abort();
+            } else {
+                sink_task.await.context("sink task")??;
+            }
+            result?;
+        }
+        ended = &mut sink_task => {
+            // Whatever ends the sink ends the process: a process that only processes
+            // would leave the table behind without anyone noticing.
+            let requested = *rx.borrow();
+            let _ = tx.send(true);
+            let result = processor.await;
+            match ended {
+                Err(e) => bail!("the sink task failed: {e}"),
+                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the sink stopped")),
+                Ok(Ok(())) if !requested => bail!("the sink stopped on its own"),
+                Ok(Ok(())) => {}
+            }
+            result?;
         }
     }
-    result?;
     Ok(())
 }
 

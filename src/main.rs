@@ -80,22 +80,35 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Err(e) = cli.config.validate() {
         eprintln!("order-saga: {e}");
         return ExitCode::from(2);
     }
     init_logging(cli.config.log_format);
-    match dispatch(cli).await {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("order-saga: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let code = match runtime.block_on(dispatch(cli)) {
         Ok(code) => code,
         Err(e) => {
             error!(error = format!("{e:#}"), "order-saga failed");
             eprintln!("order-saga: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // A client thread still blocked in librdkafka (a sink or restore consumer) must not
+    // keep a process alive whose work has ended: its supervisor has to see it exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    code
 }
 
 async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {

@@ -454,3 +454,37 @@ async fn a_zombie_with_the_same_transactional_id_is_fenced_and_its_writes_never_
     assert_eq!(unique.len(), cmds.len(), "a zombie write became visible");
     assert_eq!(cmds.len(), orders.len() * 4);
 }
+
+/// One order far larger than any record the saga writes may be: it must not stop the
+/// partition (its status would exceed the broker's limit and fail every transaction).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_oversized_order_fails_on_its_own_and_the_next_order_completes() {
+    let s = setup(&[]).await;
+    let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| Reply::success());
+    let mut big = order(1);
+    let line = big.items[0].clone();
+    big.items = vec![line; 40_000];
+    big.total_minor = 40_000 * big.items[0].unit_price_minor * i64::from(big.items[0].quantity);
+    let normal = order(2);
+    produce_orders(
+        &s.producer,
+        &s.config,
+        &s.codec,
+        &[big.clone(), normal.clone()],
+    )
+    .await;
+    let all = ids(&[big.clone(), normal.clone()]);
+    let states = wait_for_states(&s.config, &s.codec, &all, WAIT, terminal).await;
+    let (_, big_state) = &states[&big.order_id];
+    assert_eq!(big_state.status, Status::Failed);
+    assert!(
+        big_state
+            .reason
+            .as_deref()
+            .unwrap_or("")
+            .contains("cart lines"),
+        "{:?}",
+        big_state.reason
+    );
+    assert_eq!(states[&normal.order_id].1.status, Status::Completed);
+}

@@ -152,6 +152,9 @@ enum StepError {
     Fatal(KafkaError),
     /// A commit whose outcome could not be learned within the transaction timeout.
     Indeterminate { waited_ms: u64, reason: String },
+    /// A decision would write a record larger than the brokers accept; nothing of it was
+    /// sent. The input that caused it is dead-lettered.
+    OutputTooLarge(String),
 }
 
 impl From<KafkaError> for StepError {
@@ -299,6 +302,11 @@ impl Loop {
                 Err(StepError::Indeterminate { waited_ms, reason }) => {
                     self.log_counters("processor counters at failure");
                     return Err(ProcessorError::Indeterminate { waited_ms, reason });
+                }
+                // Only a record's own step produces it, and that step dead-letters it.
+                Err(StepError::OutputTooLarge(reason)) => {
+                    warn!(reason = %reason, "aborting transaction");
+                    self.abort_and_rewind()?;
                 }
             }
             if last_stats.elapsed() >= stats_every {

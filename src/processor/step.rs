@@ -20,6 +20,10 @@ use crate::kafka::{classify, partitioner, ErrorClass};
 use crate::saga::{Command, Decision, EarlyDecision, Event, OrderState, Origin};
 use crate::topics;
 
+/// The largest record the processor writes: the brokers' default `message.max.bytes`
+/// (1 MiB plus a little) less room for the batch and headers.
+pub const MAX_RECORD_BYTES: usize = 1_000_000;
+
 impl Loop {
     /// Handles one input record inside the open transaction.
     pub(super) fn handle(&mut self, msg: &OwnedMessage) -> Result<(), StepError> {
@@ -80,7 +84,7 @@ impl Loop {
                 "record of partition {partition}, whose state is not here"
             )));
         };
-        match store.get(&key) {
+        let outcome = match store.get(&key) {
             Some(Entry::Order(state)) => {
                 let decision = self.ctx.policy.decide(Some(state.as_ref()), &event, now);
                 self.settle(partition, msg, decision)
@@ -103,6 +107,10 @@ impl Loop {
                     .decide_early(early, &event, timestamp, origin, now);
                 self.settle_early(partition, &key, Some(msg), had_early, decision)
             }
+        };
+        match outcome {
+            Err(StepError::OutputTooLarge(why)) => self.dead_letter(msg, "output_too_large", &why),
+            other => other,
         }
     }
 
@@ -273,23 +281,41 @@ impl Loop {
         state: OrderState,
         commands: Vec<Command>,
     ) -> Result<(), StepError> {
-        self.begin()?;
         let status_topic = self.topics.name(topics::ORDER_STATUS);
-        let bytes = self.encode(wire::encode_status(&self.ctx.codec, &state))?;
+        let status = self.encode(wire::encode_status(&self.ctx.codec, &state))?;
+        let mut outputs = Vec::with_capacity(commands.len());
+        for command in &commands {
+            let topic = self.topics.name(topics::command_topic(command.action));
+            let bytes = self.encode(wire::encode_command(&self.ctx.codec, command, &state))?;
+            outputs.push((topic, bytes, command.action));
+        }
+        // A record the broker would refuse would fail the transaction on every retry and
+        // stop the partition: refuse the change instead, before anything is sent.
+        let largest = outputs
+            .iter()
+            .map(|(_, b, _)| b.len())
+            .chain([status.len()])
+            .max()
+            .unwrap_or(0);
+        if largest > MAX_RECORD_BYTES {
+            return Err(StepError::OutputTooLarge(format!(
+                "order {} would write a record of {largest} bytes (at most {MAX_RECORD_BYTES})",
+                state.order_id
+            )));
+        }
+        self.begin()?;
         // The status record goes to the input's partition number, which is the partition
         // its state is restored from, whatever partitioner a producer upstream used.
         self.send(
             &status_topic,
             Some(partition),
             &state.order_id,
-            Some(&bytes),
+            Some(&status),
             None,
         )?;
-        for command in &commands {
-            let topic = self.topics.name(topics::command_topic(command.action));
-            let bytes = self.encode(wire::encode_command(&self.ctx.codec, command, &state))?;
-            self.send(&topic, None, &command.order_id, Some(&bytes), None)?;
-            if wire::is_compensation(command.action) {
+        for (topic, bytes, action) in &outputs {
+            self.send(topic, None, &state.order_id, Some(bytes), None)?;
+            if wire::is_compensation(*action) {
                 Metrics::add(&self.ctx.metrics.compensations, 1);
             }
         }
@@ -376,7 +402,12 @@ impl Loop {
                         .decide(Some(state.as_ref()), &Event::Tick, now)
                     {
                         Decision::Apply { state, commands } => {
-                            self.apply(partition, state, commands)?
+                            match self.apply(partition, state, commands) {
+                                Err(StepError::OutputTooLarge(why)) => {
+                                    warn!(order_id = %id, reason = %why, "deadline change not written: too large")
+                                }
+                                other => other?,
+                            }
                         }
                         Decision::Ignore(_) => {}
                         Decision::Reject(reason) => {

@@ -129,7 +129,7 @@ impl Loop {
             Err(StepError::Indeterminate { waited_ms, reason }) => {
                 return Err(ProcessorError::Indeterminate { waited_ms, reason })
             }
-            Err(StepError::Abort(reason)) => {
+            Err(StepError::Abort(reason) | StepError::OutputTooLarge(reason)) => {
                 return Err(ProcessorError::Indeterminate {
                     waited_ms: self.ctx.config.transaction_timeout_ms,
                     reason,
@@ -169,7 +169,7 @@ impl Loop {
     pub(super) fn drain(&mut self) {
         if let Err(e) = self.commit() {
             let why = match &e {
-                StepError::Abort(r) => r.clone(),
+                StepError::Abort(r) | StepError::OutputTooLarge(r) => r.clone(),
                 StepError::Fatal(k) => k.to_string(),
                 StepError::Indeterminate { reason, .. } => reason.clone(),
             };

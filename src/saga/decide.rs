@@ -57,7 +57,7 @@ use super::model::{
 };
 use super::policy::Policy;
 use super::state::{CancelRefusal, Fate, IssuedCommand, OrderState, Phase, StatusTime, Task};
-use super::validate::validate_order;
+use super::validate::{validate_order, InvalidOrder};
 
 /// What to do with one event.
 // `Apply` is the common case and is moved into the store right away; boxing the state
@@ -283,6 +283,32 @@ impl Policy {
             return Decision::Reject(RejectReason::InvalidOrderId);
         }
         match validate_order(request, self) {
+            // Its records would be as large as the order: keep the reason, not the cart.
+            Err(invalid @ InvalidOrder::TooLarge { .. }) => {
+                let mut state =
+                    OrderState::new(request, Status::Failed, Some(invalid.to_string()), now);
+                state.items.clear();
+                let cut = |s: &mut String| {
+                    if let Some((at, _)) = s.char_indices().nth(self.max_text_chars) {
+                        s.truncate(at);
+                    }
+                };
+                cut(&mut state.customer_id);
+                let a = &mut state.shipping_address;
+                for field in [
+                    &mut a.recipient,
+                    &mut a.street,
+                    &mut a.city,
+                    &mut a.postal_code,
+                    &mut a.country,
+                ] {
+                    cut(field);
+                }
+                Decision::Apply {
+                    state,
+                    commands: Vec::new(),
+                }
+            }
             Err(invalid) => Decision::Apply {
                 state: OrderState::new(request, Status::Failed, Some(invalid.to_string()), now),
                 commands: Vec::new(),

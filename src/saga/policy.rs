@@ -33,12 +33,17 @@ pub struct Policy {
     /// How long a cancel or result that arrived before its order's create is held for
     /// the create before it is dead-lettered (see [`super::early`]).
     pub early_grace_ms: Millis,
+    /// Cart lines an order may have; a larger order is created `FAILED`.
+    pub max_lines: usize,
+    /// Characters any text of an order (SKU, customer id, address field) may have.
+    pub max_text_chars: usize,
 }
 
 impl Default for Policy {
     /// 30 s per command, 3 attempts, backoff 200 ms doubling up to 30 s, the common
-    /// currencies of a European shop plus USD, CAD, AUD and JPY, and 5 minutes of grace
-    /// for events that arrive before their order.
+    /// currencies of a European shop plus USD, CAD, AUD and JPY, 5 minutes of grace for
+    /// events that arrive before their order, and at most 500 cart lines and 200
+    /// characters per text (so that no record about an order outgrows a broker's 1 MB).
     fn default() -> Self {
         Policy {
             inventory_timeout_ms: 30_000,
@@ -57,6 +62,8 @@ impl Default for Policy {
             .map(String::from)
             .collect(),
             early_grace_ms: 300_000,
+            max_lines: 500,
+            max_text_chars: 200,
         }
     }
 }
@@ -82,6 +89,8 @@ impl Policy {
             backoff_max_ms: default.backoff_max_ms.max(retry_backoff_ms),
             supported_currencies: default.supported_currencies,
             early_grace_ms: default.early_grace_ms,
+            max_lines: default.max_lines,
+            max_text_chars: default.max_text_chars,
         }
     }
 

@@ -209,6 +209,12 @@ fn create_event(what: &str) -> Event {
         "amount overflows" => r.items[0].unit_price_minor = i64::MAX,
         "unsupported currency" => r.currency = "XXX".into(),
         "empty customer id" => r.customer_id.clear(),
+        "too many lines" => {
+            let line = r.items[0].clone();
+            r.items = vec![line; 501];
+            r.total_minor = 501 * r.items[0].unit_price_minor * i64::from(r.items[0].quantity);
+        }
+        "text too long" => r.items[0].sku = "X".repeat(201),
         "no order id" => r.order_id.clear(),
         "same id, other contents" => r.customer_id = "someone else".into(),
         other => panic!("the test does not know the create {other:?}"),

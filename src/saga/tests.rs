@@ -1062,3 +1062,21 @@ fn reasons_display_and_kinds_are_snake_case() {
     }
     assert_eq!(IgnoreReason::NothingDue.to_string(), "nothing due");
 }
+
+#[test]
+fn an_order_too_large_for_its_records_fails_without_its_cart() {
+    let mut r = request("big");
+    let line = r.items[0].clone();
+    r.items = vec![line; 40_000];
+    r.total_minor = 40_000 * r.items[0].unit_price_minor * i64::from(r.items[0].quantity);
+    r.customer_id = "c".repeat(10_000);
+    let d = test_policy().decide(None, &Event::Create(r), T0);
+    let Decision::Apply { state, commands } = d else {
+        panic!("not applied: {d:?}");
+    };
+    assert_eq!(state.status, Status::Failed);
+    assert!(commands.is_empty());
+    assert!(state.items.is_empty(), "the cart is not carried along");
+    assert_eq!(state.customer_id.chars().count(), 200);
+    assert!(state.reason.as_deref().unwrap_or("").contains("cart lines"));
+}

@@ -49,6 +49,16 @@ pub enum InvalidOrder {
     UnsupportedCurrency(String),
     /// A required part of the shipping address is empty or blank.
     MissingAddressField(&'static str),
+    /// More cart lines, or a longer text, than an order may have: its records would
+    /// outgrow what the brokers accept.
+    TooLarge {
+        /// What is too large, e.g. `cart lines` or `line 3 sku`.
+        what: String,
+        /// Its size (lines, or characters).
+        got: usize,
+        /// The limit.
+        max: usize,
+    },
 }
 
 impl fmt::Display for InvalidOrder {
@@ -86,6 +96,12 @@ impl fmt::Display for InvalidOrder {
             InvalidOrder::MissingAddressField(field) => {
                 write!(f, "invalid order: shipping address has no {field}")
             }
+            InvalidOrder::TooLarge { what, got, max } => {
+                write!(
+                    f,
+                    "invalid order: {what} has size {got}, at most {max} allowed"
+                )
+            }
         }
     }
 }
@@ -97,6 +113,7 @@ impl std::error::Error for InvalidOrder {}
 ///
 /// The order id is not checked here; the caller rejects an empty one before.
 pub fn validate_order(request: &OrderRequest, policy: &Policy) -> Result<(), InvalidOrder> {
+    check_size(request, policy)?;
     if request.customer_id.trim().is_empty() {
         return Err(InvalidOrder::EmptyCustomerId);
     }
@@ -121,6 +138,47 @@ pub fn validate_order(request: &OrderRequest, policy: &Policy) -> Result<(), Inv
         if value.trim().is_empty() {
             return Err(InvalidOrder::MissingAddressField(field));
         }
+    }
+    Ok(())
+}
+
+/// The size limits: every record about the order (its status, its commands) carries the
+/// cart and the address, so an order's size bounds theirs.
+fn check_size(request: &OrderRequest, policy: &Policy) -> Result<(), InvalidOrder> {
+    let too_large = |what: String, got: usize, max: usize| {
+        if got > max {
+            Err(InvalidOrder::TooLarge { what, got, max })
+        } else {
+            Ok(())
+        }
+    };
+    too_large("cart lines".into(), request.items.len(), policy.max_lines)?;
+    let max = policy.max_text_chars;
+    too_large(
+        "customer_id".into(),
+        request.customer_id.chars().count(),
+        max,
+    )?;
+    let a = &request.shipping_address;
+    for (field, value) in [
+        ("recipient", &a.recipient),
+        ("street", &a.street),
+        ("city", &a.city),
+        ("postal_code", &a.postal_code),
+        ("country", &a.country),
+    ] {
+        too_large(
+            format!("shipping address {field}"),
+            value.chars().count(),
+            max,
+        )?;
+    }
+    for (index, item) in request.items.iter().enumerate() {
+        too_large(
+            format!("line {} sku", index + 1),
+            item.sku.chars().count(),
+            max,
+        )?;
     }
     Ok(())
 }
