@@ -488,3 +488,40 @@ async fn an_oversized_order_fails_on_its_own_and_the_next_order_completes() {
     );
     assert_eq!(states[&normal.order_id].1.status, Status::Completed);
 }
+
+/// A rolling restart: both instances are stopped one right after the other under load,
+/// so the second gets the first one's partitions back while it drains. Both must stop
+/// cleanly, and a new instance finishes every order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instances_stopped_one_after_the_other_under_load_both_exit_cleanly() {
+    let mut s = setup(&[]).await;
+    let mut second = spawn(&s.config, "p1", &["run", "--no-sink"]);
+    let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| Reply::success());
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let orders: Vec<_> = (0..300).map(order).collect();
+    let (early, late) = orders.split_at(150);
+    produce_orders(&s.producer, &s.config, &s.codec, early).await;
+    let producer = s.producer.clone();
+    let config = s.config.clone();
+    let codec = s.codec.clone();
+    let late_orders = late.to_vec();
+    let load = tokio::spawn(async move {
+        for o in &late_orders {
+            produce_orders(&producer, &config, &codec, std::slice::from_ref(o)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    });
+    s.processor.signal("TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    second.signal("TERM");
+    let first_exit = s.processor.wait_exit(Duration::from_secs(60));
+    let second_exit = second.wait_exit(Duration::from_secs(60));
+    assert_eq!(first_exit, Some(0), "{}", s.processor.log_text());
+    assert_eq!(second_exit, Some(0), "{}", second.log_text());
+    load.await.expect("load");
+    let _third = spawn(&s.config, "p2", &["run", "--no-sink"]);
+    let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
+}

@@ -466,6 +466,19 @@ impl Loop {
     /// step tries again.
     fn restore_pending(&mut self) -> Result<(), StepError> {
         if !self.unrestored.is_empty() {
+            // KIP-447: a previous owner's transaction may still be open on these
+            // partitions. Asking for the committed offsets with read_committed makes the
+            // coordinator answer only once no offsets are pending (require-stable), so
+            // the changelogs read next already hold everything those offsets cover.
+            let mut inputs = TopicPartitionList::new();
+            for topic in self.topics.inputs() {
+                for p in &self.unrestored {
+                    inputs.add_partition(&topic, *p);
+                }
+            }
+            self.consumer
+                .committed_offsets(inputs, Duration::from_secs(60))
+                .map_err(|e| StepError::Abort(format!("committed offsets not stable yet: {e}")))?;
             let restored = restore::restore(&self.ctx, &self.topics, &self.unrestored, &self.stop)
                 .map_err(|e| StepError::Abort(format!("state restore failed: {e}")))?;
             for (p, store) in restored {

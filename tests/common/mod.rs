@@ -122,9 +122,16 @@ impl Proc {
 
     /// Sends SIGTERM and waits up to `within` for the exit code.
     pub fn terminate(&mut self, within: Duration) -> Option<i32> {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.signal("TERM");
         self.wait_exit(within)
+    }
+
+    /// Sends a signal (`TERM`, `STOP`, `CONT`, …) without waiting.
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill")
+            .args([format!("-{name}").as_str(), &pid])
+            .status();
     }
 
     /// Waits up to `within` for the process to exit by itself.
