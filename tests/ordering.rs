@@ -17,6 +17,20 @@ fn ids(orders: &[order_saga::saga::OrderRequest]) -> Vec<String> {
     orders.iter().map(|o| o.order_id.clone()).collect()
 }
 
+/// Topics of their own behind a fresh prefix, a codec and a producer.
+async fn fresh(
+    extra: &[&str],
+) -> (
+    order_saga::config::Config,
+    std::sync::Arc<order_saga::contracts::Codec>,
+    rdkafka::producer::FutureProducer,
+) {
+    let config = config(&random_prefix(), extra);
+    create_topics(&config).await;
+    let producer = producer(&config);
+    (config, codec(), producer)
+}
+
 /// Dead-letter kinds by record key.
 async fn dlq_kinds(config: &order_saga::config::Config) -> HashMap<String, Vec<String>> {
     let mut out: HashMap<String, Vec<String>> = HashMap::new();
@@ -52,11 +66,7 @@ async fn produce_result(
 /// right after, all published while no processor runs; then the processor starts on the
 /// backlog. Returns how many cancels were published.
 async fn backlog_round(round: usize) -> usize {
-    let prefix = random_prefix();
-    let config = config(&prefix, &["--step-timeout-ms", "120000"]);
-    create_topics(&config).await;
-    let codec = codec();
-    let producer = producer(&config);
+    let (config, codec, producer) = fresh(&["--step-timeout-ms", "120000"]).await;
     let orders: Vec<_> = (0..120).map(order).collect();
     let mut canceled = HashSet::new();
     for (i, o) in orders.iter().enumerate() {
@@ -132,11 +142,7 @@ async fn a_backlog_of_creates_and_cancels_honours_every_cancel_in_every_round() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_cancel_published_before_its_create_cancels_the_order_with_no_command() {
-    let prefix = random_prefix();
-    let config = config(&prefix, &[]);
-    create_topics(&config).await;
-    let codec = codec();
-    let producer = producer(&config);
+    let (config, codec, producer) = fresh(&[]).await;
     let downstream = Downstream::start(&config, codec.clone(), |_| Reply::success());
     let _processor = spawn(&config, "p0", &["run", "--no-sink"]);
     let early = order(1);
@@ -180,11 +186,7 @@ async fn a_cancel_published_before_its_create_cancels_the_order_with_no_command(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_result_published_before_its_create_is_held_and_then_applied() {
-    let prefix = random_prefix();
-    let config = config(&prefix, &["--step-timeout-ms", "120000"]);
-    create_topics(&config).await;
-    let codec = codec();
-    let producer = producer(&config);
+    let (config, codec, producer) = fresh(&["--step-timeout-ms", "120000"]).await;
     // The downstream never answers a reservation: only the replayed answer published
     // before the create can move the order on.
     let downstream = Downstream::start(&config, codec.clone(), |c| {
@@ -230,11 +232,7 @@ async fn a_result_published_before_its_create_is_held_and_then_applied() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_whose_order_never_comes_is_dead_lettered_after_the_grace() {
-    let prefix = random_prefix();
-    let config = config(&prefix, &["--early-grace-ms", "3000"]);
-    create_topics(&config).await;
-    let codec = codec();
-    let producer = producer(&config);
+    let (config, codec, producer) = fresh(&["--early-grace-ms", "3000"]).await;
     let _processor = spawn(&config, "p0", &["run", "--no-sink"]);
     let ghost = order(4);
     let started = Instant::now();
@@ -317,10 +315,7 @@ async fn orders_from_a_producer_with_another_partitioner_are_rerouted_and_comple
     use order_saga::kafka::partitioner::partition_for;
     use rdkafka::producer::{FutureProducer, FutureRecord};
 
-    let prefix = random_prefix();
-    let config = config(&prefix, &["--step-timeout-ms", "120000"]);
-    create_topics(&config).await;
-    let codec = codec();
+    let (config, codec, _) = fresh(&["--step-timeout-ms", "120000"]).await;
     let foreign: FutureProducer = rdkafka::ClientConfig::new()
         .set("bootstrap.servers", &config.bootstrap)
         .create()

@@ -347,17 +347,20 @@ fn describe(d: &Decision) -> (String, String) {
         Decision::Ignore(_) => "ignored".into(),
         Decision::Reject(_) => "rejected".into(),
     };
-    let commands: Vec<String> = d
-        .commands()
-        .iter()
+    (to, command_cell(d.commands()))
+}
+
+/// The table's `commands` cell: `none`, or e.g. `payment REFUND, inventory RELEASE`.
+fn command_cell<'a>(commands: impl IntoIterator<Item = &'a Command>) -> String {
+    let cells: Vec<String> = commands
+        .into_iter()
         .map(|c| format!("{} {}", step_word(c.step()), c.action.as_str()))
         .collect();
-    let commands = if commands.is_empty() {
+    if cells.is_empty() {
         "none".to_string()
     } else {
-        commands.join(", ")
-    };
-    (to, commands)
+        cells.join(", ")
+    }
 }
 
 /// The events held for an unknown order in a row's `from`, e.g. `(none, cancel held)`.
@@ -415,17 +418,8 @@ fn describe_early(d: &EarlyDecision) -> (String, String) {
                 (Some(st), _) => st.status.as_str().to_string(),
                 (None, first) => describe(first).0,
             };
-            let commands: Vec<String> = steps
-                .iter()
-                .flat_map(|s| s.decision.commands().iter())
-                .map(|c| format!("{} {}", step_word(c.step()), c.action.as_str()))
-                .collect();
-            let commands = if commands.is_empty() {
-                "none".to_string()
-            } else {
-                commands.join(", ")
-            };
-            (to, commands)
+            let commands = steps.iter().flat_map(|s| s.decision.commands().iter());
+            (to, command_cell(commands))
         }
     }
 }
