@@ -11,8 +11,10 @@ use crate::config::Config;
 use crate::contracts::registry::{self, RegistryClient};
 use crate::contracts::Codec;
 use crate::processor::{self, metrics::Metrics};
+use crate::telemetry::Telemetry;
 use crate::{db, kafka, load, report, simulate, sink};
 
+pub use crate::explain::ExplainArgs;
 pub use crate::load::LoadArgs;
 pub use crate::report::ReportArgs;
 pub use crate::simulate::SimulateArgs;
@@ -33,6 +35,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let codec = codec(&config)?;
+    let telemetry = Telemetry::from_config(&config, "run")?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
@@ -41,9 +44,10 @@ pub async fn run(
     let sink_task = if with_sink {
         let config = config.clone();
         let codec = codec.clone();
+        let telemetry = telemetry.clone();
         let mut rx = rx.clone();
         Some(tokio::spawn(async move {
-            sink::run(config, codec, async move {
+            sink::run_with(config, codec, telemetry, async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await
@@ -56,6 +60,7 @@ pub async fn run(
         config,
         codec,
         metrics: Arc::new(Metrics::default()),
+        telemetry: telemetry.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let mut rx2 = rx.clone();
@@ -63,6 +68,11 @@ pub async fn run(
         let _ = rx2.wait_for(|v| *v).await;
     })
     .await;
+    match &result {
+        Err(processor::ProcessorError::Fenced { .. }) => telemetry.on_failure("fenced"),
+        Err(_) => telemetry.on_failure("fatal"),
+        Ok(()) => {}
+    }
     if let Some(task) = sink_task {
         if result.is_err() {
             // The processor is gone; the sink would only idle, so stop it too.
@@ -71,6 +81,10 @@ pub async fn run(
             task.await.context("sink task")??;
         }
     }
+    // Blocking: the exporter's last push uses a blocking HTTP client.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("metrics shutdown")?;
     result?;
     Ok(())
 }
@@ -81,7 +95,12 @@ pub async fn sink(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let codec = codec(&config)?;
-    sink::run(config, codec, shutdown).await?;
+    let telemetry = Telemetry::from_config(&config, "sink")?;
+    let result = sink::run_with(config, codec, telemetry.clone(), shutdown).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("metrics shutdown")?;
+    result?;
     Ok(())
 }
 
@@ -167,4 +186,10 @@ pub async fn report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
     let client = db::connect(&config.database_url, Duration::from_secs(30)).await?;
     report::print_report(&client, &args).await?;
     Ok(())
+}
+
+/// `order-saga explain <id>`: false if Kafka holds nothing about the order.
+pub async fn explain(config: &Config, args: &ExplainArgs) -> anyhow::Result<bool> {
+    let codec = codec(config)?;
+    Ok(crate::explain::run(config, codec, args).await?)
 }

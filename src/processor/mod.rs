@@ -84,6 +84,7 @@ pub struct Context {
     pub policy: Policy,
     pub codec: Arc<Codec>,
     pub metrics: Arc<Metrics>,
+    pub telemetry: crate::telemetry::Telemetry,
     /// Runtime on which the codec's registry look-ups run.
     pub runtime: tokio::runtime::Handle,
 }
@@ -324,6 +325,9 @@ impl Loop {
         self.fire_deadlines()?;
         self.commit()?;
         self.evict();
+        self.ctx
+            .telemetry
+            .observe_states(self.stores.values().flat_map(|s| s.states()), now_millis());
         Ok(())
     }
 
@@ -345,6 +349,7 @@ impl Loop {
             .or_insert(msg.offset());
         self.txn.next_offsets.insert(tp, msg.offset() + 1);
         Metrics::add(&self.ctx.metrics.records_in, 1);
+        self.ctx.telemetry.on_consumed(msg.topic());
 
         let partition = msg.partition();
         let Some(base) = self.topics.base(msg.topic()) else {
@@ -433,6 +438,13 @@ impl Loop {
         }
         debug!(order_id = %state.order_id, status = state.status.as_str(), version = state.version, commands = commands.len(), "order changed");
         Metrics::add(&self.ctx.metrics.state_changes, 1);
+        self.ctx.telemetry.on_change(
+            self.stores
+                .get(&partition)
+                .and_then(|s| s.get(&state.order_id)),
+            &state,
+            &commands,
+        );
         if let Some(store) = self.stores.get_mut(&partition) {
             store.put(state);
         }
@@ -458,6 +470,7 @@ impl Loop {
         payload: &[u8],
         headers: Option<OwnedHeaders>,
     ) -> Result<(), StepError> {
+        self.ctx.telemetry.on_produced(topic);
         let mut record: BaseRecord<'_, [u8], [u8]> =
             BaseRecord::to(topic).key(key.as_bytes()).payload(payload);
         if let Some(p) = partition {
@@ -536,6 +549,7 @@ impl Loop {
             }
         }
         let dlq = self.topics.name(topics::ORDER_DLQ);
+        self.ctx.telemetry.on_dlq(kind, &dlq);
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
         if let Some(k) = msg.key() {
             record = record.key(k);
@@ -581,6 +595,7 @@ impl Loop {
         if !self.txn.open {
             return Ok(());
         }
+        let started = Instant::now();
         let mut offsets = TopicPartitionList::new();
         for ((topic, partition), next) in &self.txn.next_offsets {
             offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
@@ -600,6 +615,7 @@ impl Loop {
             store.commit(now);
         }
         Metrics::add(&self.ctx.metrics.transactions_committed, 1);
+        self.ctx.telemetry.on_commit(started.elapsed());
         Metrics::add(&self.ctx.metrics.records_out, self.txn.records_out);
         self.txn = Txn::default();
         Ok(())
@@ -617,6 +633,7 @@ impl Loop {
                 Err(e) => return Err(e),
             }
             Metrics::add(&self.ctx.metrics.transactions_aborted, 1);
+            self.ctx.telemetry.on_abort();
         }
         for store in self.stores.values_mut() {
             store.rollback();
