@@ -175,7 +175,9 @@ impl Telemetry {
             .with_http()
             .with_protocol(Protocol::HttpBinary)
             .with_endpoint(url.clone())
-            .with_timeout(Duration::from_secs(10))
+            // Short: the last push at shutdown waits for it, and a backend that is down
+            // must not hold up a processor that was asked to stop.
+            .with_timeout(Duration::from_secs(3))
             .build()
             .map_err(|e| TelemetryError::Exporter {
                 endpoint: url.clone(),
@@ -517,7 +519,7 @@ fn instruments(meter: &Meter, snapshot: &Arc<Mutex<Snapshot>>) -> Instruments {
     let outage_snap = snapshot.clone();
     let outage = meter
         .u64_observable_gauge("order_saga.sink.outage")
-        .with_unit("1")
+        // No unit: "1" would make Prometheus call it order_saga_sink_outage_ratio.
         .with_description("1 while the sink cannot write to PostgreSQL.")
         .with_callback(move |o| {
             if let Some(down) = lock(&outage_snap).sink_outage {
