@@ -26,7 +26,7 @@ use crate::contracts::records::{
 use crate::contracts::{Codec, CodecError};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::clients;
-use crate::saga::Millis;
+use crate::saga::{Millis, OrderState, Phase};
 use crate::sink::rfc3339_millis;
 use crate::topics;
 
@@ -43,6 +43,8 @@ pub enum ExplainError {
     Registry { topic: String, source: CodecError },
     #[error("reader thread failed: {0}")]
     Thread(String),
+    #[error("cannot write the explanation: {0}")]
+    Output(String),
 }
 
 /// Arguments of `order-saga explain`.
@@ -132,6 +134,10 @@ pub enum Step {
         version: i64,
         reason: Option<String>,
         updated_at: Millis,
+        /// The commands whose results this version waits for, e.g. `SCHEDULE attempt 2`.
+        awaiting: Vec<String>,
+        /// Why a step waits for a retry (its last failure or timeout), if it does.
+        retry_after: Option<String>,
     },
     /// A command to a downstream service.
     Command {
@@ -360,11 +366,34 @@ async fn decode_value(codec: &Codec, base: &str, payload: &[u8]) -> Result<Step,
             .status()
             .map(|s| s.as_str().to_string())
             .unwrap_or_else(|_| "UNKNOWN".into());
+        // The saga state says what this version waits for; a record without one (or one
+        // this build cannot read) still tells its status.
+        let state: Option<OrderState> = r
+            .saga_state
+            .as_deref()
+            .and_then(|json| serde_json::from_str(json).ok());
+        let awaiting = state
+            .as_ref()
+            .map(|s| {
+                s.outstanding_commands()
+                    .map(|c| format!("{} attempt {}", c.action.as_str(), c.attempt))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let retry_after = state.as_ref().and_then(|s| {
+            s.forward
+                .iter()
+                .chain(&s.compensations)
+                .find(|t| matches!(t.phase, Phase::RetryAt { .. }))
+                .and_then(|t| t.last_error.clone())
+        });
         return Ok(Step::Status {
             status,
             version: r.version,
             reason: r.reason,
             updated_at: r.updated_at,
+            awaiting,
+            retry_after,
         });
     }
     if base == topics::ORDER_CREATE_REQUEST {
@@ -527,13 +556,24 @@ pub fn render_text(e: &Explanation) -> String {
                 status,
                 version,
                 reason,
+                awaiting,
+                retry_after,
                 ..
             } => format!(
-                "status      {status} v{version}{}",
+                "status      {status} v{version}{}{}{}",
                 reason
                     .as_deref()
                     .map(|r| format!(" ({r})"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                retry_after
+                    .as_deref()
+                    .map(|r| format!("  [{r}; retry due]"))
+                    .unwrap_or_default(),
+                if awaiting.is_empty() {
+                    String::new()
+                } else {
+                    format!("  awaiting {}", awaiting.join(", "))
+                }
             ),
             Step::Command {
                 command_id,
@@ -602,13 +642,23 @@ pub async fn run(
         Duration::from_millis(args.read_timeout_ms),
     )
     .await?;
-    if args.json {
-        match serde_json::to_string_pretty(&e) {
-            Ok(s) => println!("{s}"),
-            Err(err) => return Err(ExplainError::Thread(format!("json: {err}"))),
-        }
+    let text = if args.json {
+        serde_json::to_string_pretty(&e).map_err(|err| ExplainError::Output(err.to_string()))?
+            + "\n"
     } else {
-        print!("{}", render_text(&e));
+        render_text(&e)
+    };
+    use std::io::Write as _;
+    let mut stdout = std::io::stdout().lock();
+    match stdout
+        .write_all(text.as_bytes())
+        .and_then(|()| stdout.flush())
+    {
+        // A reader that stopped early (`| head`) is not an error of ours.
+        Err(err) if err.kind() != std::io::ErrorKind::BrokenPipe => {
+            return Err(ExplainError::Output(err.to_string()))
+        }
+        _ => {}
     }
     Ok(!e.entries.is_empty())
 }
@@ -664,6 +714,8 @@ mod tests {
             version: 2,
             reason: None,
             updated_at: 0,
+            awaiting: vec!["CHARGE attempt 1".into()],
+            retry_after: None,
         };
         let command = Step::Command {
             command_id: "d".into(),

@@ -103,6 +103,15 @@ async fn explain_tells_a_compensated_order_in_order_without_the_database() {
     for (_, e) in &statuses {
         assert_eq!(e["partition"].as_i64(), Some(hashed));
     }
+    assert_eq!(
+        statuses[2].1["awaiting"],
+        serde_json::json!(["SCHEDULE attempt 1"]),
+        "PAID waits for the shipping command"
+    );
+    assert_eq!(
+        statuses[0].1["awaiting"],
+        serde_json::json!(["RESERVE attempt 1"])
+    );
 
     // Commands: the five the downstream services saw, with their ids, in saga order.
     let commands = entries(&json, "command");

@@ -26,6 +26,10 @@ ensure_prometheus() {
   if [[ -x $PROM_BIN ]]; then
     return 0
   fi
+  # The machine's Go may sit outside a non-login shell's PATH.
+  if ! command -v go >/dev/null 2>&1 && [[ -x /usr/local/go/bin/go ]]; then
+    PATH=/usr/local/go/bin:$PATH
+  fi
   command -v go >/dev/null 2>&1 ||
     die prometheus "" "building Prometheus needs the go command (Go 1.26 or newer) on PATH"
   mkdir -p -- "$PROM_TOOLS"
