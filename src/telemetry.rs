@@ -258,37 +258,8 @@ impl Telemetry {
 
     /// An order changed from `prev` (none for a new order) to `next`, issuing `commands`.
     pub fn on_change(&self, prev: Option<&OrderState>, next: &OrderState, commands: &[Command]) {
-        let Some(i) = &self.inner else {
-            return;
-        };
-        let mut p = lock(&i.pending);
-        let status_changed = prev.map(|s| s.status) != Some(next.status);
-        if status_changed {
-            *p.entered.entry(next.status).or_insert(0) += 1;
-            if let Some(prev) = prev {
-                let since = prev.reached_at(prev.status).unwrap_or(prev.updated_at);
-                let seconds = (next.updated_at - since).max(0) as f64 / 1000.0;
-                p.left.push((prev.status, seconds));
-            }
-        }
-        for c in commands {
-            let action = c.action.as_str();
-            if matches!(action, "RELEASE" | "REFUND") {
-                *p.compensations.entry(action).or_insert(0) += 1;
-            }
-            if c.attempt > 1 {
-                *p.retries.entry(c.step().as_str()).or_insert(0) += 1;
-            }
-        }
-        for c in next.commands.iter().filter(|c| c.fate == Fate::TimedOut) {
-            let was = prev.and_then(|s| s.issued(&c.command_id)).map(|x| x.fate);
-            if was != Some(Fate::TimedOut) {
-                *p.timeouts.entry(c.action.step().as_str()).or_insert(0) += 1;
-            }
-        }
-        let refusals_before = prev.map(|s| s.cancel_refusals.len()).unwrap_or(0);
-        if next.cancel_refusals.len() > refusals_before {
-            p.cancel_refused += (next.cancel_refusals.len() - refusals_before) as u64;
+        if let Some(i) = &self.inner {
+            tally(&mut lock(&i.pending), prev, next, commands);
         }
     }
 
@@ -424,6 +395,39 @@ impl Telemetry {
         if let Some(i) = &self.inner {
             lock(&i.snapshot).sink_outage = Some(down);
         }
+    }
+}
+
+/// Adds what the change from `prev` to `next`, issuing `commands`, means for the saga
+/// counters to `p`.
+fn tally(p: &mut Pending, prev: Option<&OrderState>, next: &OrderState, commands: &[Command]) {
+    let status_changed = prev.map(|s| s.status) != Some(next.status);
+    if status_changed {
+        *p.entered.entry(next.status).or_insert(0) += 1;
+        if let Some(prev) = prev {
+            let since = prev.reached_at(prev.status).unwrap_or(prev.updated_at);
+            let seconds = (next.updated_at - since).max(0) as f64 / 1000.0;
+            p.left.push((prev.status, seconds));
+        }
+    }
+    for c in commands {
+        let action = c.action.as_str();
+        if matches!(action, "RELEASE" | "REFUND") {
+            *p.compensations.entry(action).or_insert(0) += 1;
+        }
+        if c.attempt > 1 {
+            *p.retries.entry(c.step().as_str()).or_insert(0) += 1;
+        }
+    }
+    for c in next.commands.iter().filter(|c| c.fate == Fate::TimedOut) {
+        let was = prev.and_then(|s| s.issued(&c.command_id)).map(|x| x.fate);
+        if was != Some(Fate::TimedOut) {
+            *p.timeouts.entry(c.action.step().as_str()).or_insert(0) += 1;
+        }
+    }
+    let refusals_before = prev.map(|s| s.cancel_refusals.len()).unwrap_or(0);
+    if next.cancel_refusals.len() > refusals_before {
+        p.cancel_refused += (next.cancel_refusals.len() - refusals_before) as u64;
     }
 }
 
@@ -701,6 +705,118 @@ mod tests {
         assert!(e.to_string().contains("from 100 to 3600000"), "{e}");
         let e = parse(&["--stuck-after-ms", "0"]).validate().unwrap_err();
         assert_eq!(e.key, "--stuck-after-ms");
+    }
+
+    /// Drives one order through the real `decide` and tallies every change.
+    struct Drive {
+        policy: crate::saga::Policy,
+        state: Option<OrderState>,
+        now: Millis,
+        pending: Pending,
+    }
+
+    impl Drive {
+        fn new() -> Self {
+            Drive {
+                policy: crate::saga::Policy::from_settings(1_000, 3, 100),
+                state: None,
+                now: 1_750_000_000_000,
+                pending: Pending::default(),
+            }
+        }
+
+        fn send(&mut self, event: crate::saga::Event) {
+            match self.policy.decide(self.state.as_ref(), &event, self.now) {
+                crate::saga::Decision::Apply { state, commands } => {
+                    tally(&mut self.pending, self.state.as_ref(), &state, &commands);
+                    self.state = Some(state);
+                }
+                other => panic!("expected a change, got {other:?}"),
+            }
+        }
+
+        fn answer(&mut self, action: crate::saga::Action, outcome: crate::saga::Outcome) {
+            let state = self.state.as_ref().expect("order");
+            let c = state
+                .outstanding_commands()
+                .find(|c| c.action == action)
+                .expect("command awaited");
+            let result = crate::saga::StepResult {
+                order_id: state.order_id.clone(),
+                command_id: c.command_id.clone(),
+                action,
+                outcome,
+                reason: None,
+                retriable: false,
+                produced_at: self.now,
+            };
+            self.send(crate::saga::Event::Result(result));
+        }
+
+        fn at(&mut self, now: Millis) -> &mut Self {
+            self.now = now;
+            self
+        }
+    }
+
+    #[test]
+    fn a_compensated_order_counts_its_statuses_times_timeouts_retries_and_compensations() {
+        use crate::saga::{Action, Address, Event, Item, OrderRequest, Outcome};
+        let mut d = Drive::new();
+        let t0 = d.now;
+        d.send(Event::Create(OrderRequest {
+            order_id: "0f8fad5b-d9cb-469f-a165-70867728950e".into(),
+            customer_id: "c-1".into(),
+            items: vec![Item {
+                sku: "SKU-1".into(),
+                quantity: 1,
+                unit_price_minor: 500,
+            }],
+            total_minor: 500,
+            currency: "EUR".into(),
+            shipping_address: Address {
+                recipient: "Ada".into(),
+                street: "Main St 1".into(),
+                city: "Berlin".into(),
+                postal_code: "10115".into(),
+                country: "DE".into(),
+            },
+            created_at: t0,
+        }));
+        // The reservation times out once, then its retry goes out and succeeds.
+        d.at(t0 + 1_000).send(Event::Tick);
+        let retry_at = d
+            .state
+            .as_ref()
+            .and_then(OrderState::next_deadline)
+            .expect("retry");
+        d.at(retry_at).send(Event::Tick);
+        d.at(t0 + 2_500).answer(Action::Reserve, Outcome::Success);
+        d.at(t0 + 3_000).answer(Action::Charge, Outcome::Success);
+        d.at(t0 + 3_500).answer(Action::Schedule, Outcome::Failure);
+
+        let p = &d.pending;
+        let entered = |s: Status| p.entered.get(&s).copied().unwrap_or(0);
+        assert_eq!(entered(Status::Created), 1);
+        assert_eq!(entered(Status::Reserved), 1);
+        assert_eq!(entered(Status::Paid), 1);
+        assert_eq!(entered(Status::Canceled), 1);
+        assert_eq!(entered(Status::Completed), 0);
+        // Same-status versions (the timeout, the retry) leave no status.
+        assert_eq!(
+            p.left,
+            vec![
+                (Status::Created, 2.5),
+                (Status::Reserved, 0.5),
+                (Status::Paid, 0.5)
+            ]
+        );
+        assert_eq!(p.timeouts.get("INVENTORY"), Some(&1));
+        assert_eq!(p.retries.get("INVENTORY"), Some(&1));
+        assert_eq!(p.retries.len(), 1);
+        assert_eq!(p.compensations.get("RELEASE"), Some(&1));
+        assert_eq!(p.compensations.get("REFUND"), Some(&1));
+        assert_eq!(p.cancel_refused, 0);
     }
 
     #[test]
