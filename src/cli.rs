@@ -11,8 +11,10 @@ use crate::config::Config;
 use crate::contracts::registry::{self, RegistryClient};
 use crate::contracts::Codec;
 use crate::processor::{self, metrics::Metrics};
+use crate::telemetry::Telemetry;
 use crate::{db, kafka, load, report, simulate, sink};
 
+pub use crate::explain::ExplainArgs;
 pub use crate::load::LoadArgs;
 pub use crate::report::ReportArgs;
 pub use crate::simulate::SimulateArgs;
@@ -33,6 +35,7 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let codec = codec(&config)?;
+    let telemetry = Telemetry::from_config(&config, "run")?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     let tx = Arc::new(tx);
     let on_signal = tx.clone();
@@ -43,9 +46,10 @@ pub async fn run(
     let sink_task = if with_sink {
         let config = config.clone();
         let codec = codec.clone();
+        let telemetry = telemetry.clone();
         let mut rx = rx.clone();
         Some(tokio::spawn(async move {
-            sink::run(config, codec, async move {
+            sink::run_with(config, codec, telemetry, async move {
                 let _ = rx.wait_for(|v| *v).await;
             })
             .await
@@ -58,43 +62,60 @@ pub async fn run(
         config,
         codec,
         metrics: Arc::new(Metrics::default()),
+        telemetry: telemetry.clone(),
         runtime: tokio::runtime::Handle::current(),
     };
     let mut rx2 = rx.clone();
     let processor = processor::run(ctx, async move {
         let _ = rx2.wait_for(|v| *v).await;
     });
-    let Some(mut sink_task) = sink_task else {
-        processor.await?;
-        return Ok(());
-    };
     tokio::pin!(processor);
-    tokio::select! {
-        result = &mut processor => {
-            if result.is_err() {
-                // The processor is gone; the sink would only idle, so stop it too.
-                sink_task.abort();
-            } else {
-                sink_task.await.context("sink task")??;
+    let outcome: anyhow::Result<()> = match sink_task {
+        None => processor.await.map_err(anyhow::Error::new),
+        Some(mut sink_task) => tokio::select! {
+            result = &mut processor => {
+                count_failure(&telemetry, &result);
+                if result.is_err() {
+                    // The processor is gone; the sink would only idle, so stop it too.
+                    sink_task.abort();
+                    result.map_err(anyhow::Error::new)
+                } else {
+                    match sink_task.await {
+                        Err(e) => Err(anyhow::anyhow!("the sink task failed: {e}")),
+                        Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sink stopped")),
+                    }
+                }
             }
-            result?;
-        }
-        ended = &mut sink_task => {
-            // Whatever ends the sink ends the process: a process that only processes
-            // would leave the table behind without anyone noticing.
-            let requested = *rx.borrow();
-            let _ = tx.send(true);
-            let result = processor.await;
-            match ended {
-                Err(e) => bail!("the sink task failed: {e}"),
-                Ok(Err(e)) => return Err(anyhow::Error::new(e).context("the sink stopped")),
-                Ok(Ok(())) if !requested => bail!("the sink stopped on its own"),
-                Ok(Ok(())) => {}
+            ended = &mut sink_task => {
+                // Whatever ends the sink ends the process: a process that only processes
+                // would leave the table behind without anyone noticing.
+                let requested = *rx.borrow();
+                let _ = tx.send(true);
+                let result = processor.await;
+                count_failure(&telemetry, &result);
+                match ended {
+                    Err(e) => Err(anyhow::anyhow!("the sink task failed: {e}")),
+                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the sink stopped")),
+                    Ok(Ok(())) if !requested => Err(anyhow::anyhow!("the sink stopped on its own")),
+                    Ok(Ok(())) => result.map_err(anyhow::Error::new),
+                }
             }
-            result?;
-        }
+        },
+    };
+    // Blocking: the exporter's last push uses a blocking HTTP client.
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("metrics shutdown")?;
+    outcome
+}
+
+/// Counts how the processor ended, for the metrics.
+fn count_failure(telemetry: &Telemetry, result: &Result<(), processor::ProcessorError>) {
+    match result {
+        Err(processor::ProcessorError::Fenced { .. }) => telemetry.on_failure("fenced"),
+        Err(_) => telemetry.on_failure("fatal"),
+        Ok(()) => {}
     }
-    Ok(())
 }
 
 /// `order-saga sink`.
@@ -103,7 +124,12 @@ pub async fn sink(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let codec = codec(&config)?;
-    sink::run(config, codec, shutdown).await?;
+    let telemetry = Telemetry::from_config(&config, "sink")?;
+    let result = sink::run_with(config, codec, telemetry.clone(), shutdown).await;
+    tokio::task::spawn_blocking(move || telemetry.shutdown())
+        .await
+        .context("metrics shutdown")?;
+    result?;
     Ok(())
 }
 
@@ -189,4 +215,10 @@ pub async fn report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
     let client = db::connect(&config.database_url, Duration::from_secs(30)).await?;
     report::print_report(&client, &args).await?;
     Ok(())
+}
+
+/// `order-saga explain <id>`: false if Kafka holds nothing about the order.
+pub async fn explain(config: &Config, args: &ExplainArgs) -> anyhow::Result<bool> {
+    let codec = codec(config)?;
+    Ok(crate::explain::run(config, codec, args).await?)
 }

@@ -186,6 +186,36 @@ pub struct Config {
     )]
     pub topic_prefix: String,
 
+    /// OTLP/HTTP endpoint metrics are pushed to, as OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (`/v1/metrics` is appended), e.g. http://127.0.0.1:9090/api/v1/otlp for
+    /// Prometheus. Empty: no metrics export.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_OTLP_ENDPOINT",
+        default_value = "",
+        global = true
+    )]
+    pub otlp_endpoint: String,
+
+    /// How often metrics are pushed to --otlp-endpoint, in milliseconds.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_METRICS_INTERVAL_MS",
+        default_value_t = 10_000,
+        global = true
+    )]
+    pub metrics_interval_ms: u64,
+
+    /// An order in flight whose state has not changed for this long, in milliseconds,
+    /// counts as stuck in the order_saga.orders.stuck metric.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_STUCK_AFTER_MS",
+        default_value_t = 300_000,
+        global = true
+    )]
+    pub stuck_after_ms: u64,
+
     /// Log format.
     #[arg(long, env = "ORDER_SAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
@@ -358,6 +388,7 @@ impl Config {
             1,
             3_600,
         )?;
+        crate::telemetry::validate_config(self)?;
         Ok(())
     }
 
@@ -412,6 +443,12 @@ impl Config {
             ),
             ("ORDER_SAGA_TOPIC_PREFIX", self.topic_prefix.clone()),
             ("ORDER_SAGA_LOG_FORMAT", log_format.to_string()),
+            ("ORDER_SAGA_OTLP_ENDPOINT", self.otlp_endpoint.clone()),
+            (
+                "ORDER_SAGA_METRICS_INTERVAL_MS",
+                self.metrics_interval_ms.to_string(),
+            ),
+            ("ORDER_SAGA_STUCK_AFTER_MS", self.stuck_after_ms.to_string()),
         ]
     }
 

@@ -16,8 +16,10 @@
 //! - [`sink`]: the exactly-once PostgreSQL sink of `order-status`.
 //! - [`db`]: PostgreSQL connections and migrations.
 //! - [`report`]: reading orders and summaries back from PostgreSQL.
+//! - [`explain`]: one order's story from the Kafka topics alone.
 //! - [`simulate`] and [`load`]: the downstream services and an upstream load, for the
 //!   main job, tests and benchmarks.
+//! - [`telemetry`]: metrics pushed over OTLP: the meter provider and every instrument.
 //! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
 //!   [`retry`]: backoff.
 
@@ -25,6 +27,7 @@ pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod db;
+pub mod explain;
 pub mod kafka;
 pub mod load;
 pub mod processor;
@@ -34,4 +37,5 @@ pub mod saga;
 pub mod signals;
 pub mod simulate;
 pub mod sink;
+pub mod telemetry;
 pub mod topics;

@@ -56,6 +56,8 @@ enum Command {
     },
     /// Print counts per status, latency percentiles and stuck orders from PostgreSQL.
     Report(cli::ReportArgs),
+    /// Tell one order's story from Kafka alone: statuses, commands, results, dead letters.
+    Explain(cli::ExplainArgs),
 }
 
 #[derive(Subcommand)]
@@ -148,6 +150,11 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
             }
         }
         Command::Report(args) => cli::report(&config, args).await.context("report")?,
+        Command::Explain(args) => {
+            if !cli::explain(&config, &args).await.context("explain")? {
+                return Ok(ExitCode::FAILURE);
+            }
+        }
     }
     info!("done");
     Ok(ExitCode::SUCCESS)

@@ -74,6 +74,7 @@ impl Loop {
         }
         self.begin()?;
         let dlq = self.topics.name(topics::ORDER_DLQ);
+        self.ctx.telemetry.on_dlq(kind, &dlq);
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq).headers(headers);
         if let Some(k) = msg.key() {
             record = record.key(k);
@@ -125,6 +126,7 @@ impl Loop {
         });
         self.begin()?;
         let dlq = self.topics.name(topics::ORDER_DLQ);
+        self.ctx.telemetry.on_dlq(kind, &dlq);
         let record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(&dlq)
             .headers(headers)
             .key(order_id.as_bytes())

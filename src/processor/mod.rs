@@ -114,6 +114,7 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Runtime on which the codec's registry look-ups run.
     pub runtime: tokio::runtime::Handle,
+    pub telemetry: crate::telemetry::Telemetry,
 }
 
 /// Runs the processor until `shutdown` completes, then drains and returns.
@@ -357,6 +358,10 @@ impl Loop {
         if self.last_evict.elapsed() >= EVICT_EVERY {
             self.last_evict = Instant::now();
             self.evict();
+            // A walk over every order: once a second, not once a transaction.
+            self.ctx
+                .telemetry
+                .observe_states(self.stores.values().flat_map(|s| s.states()), now_millis());
         }
         if handled == 0 {
             self.idle_wait(wait_until);

@@ -126,6 +126,7 @@ pub fn restore(
         stores.insert(p, store);
     }
     release_freed_memory();
+    ctx.telemetry.on_restore(records, started.elapsed());
     let secs = started.elapsed().as_secs_f64();
     info!(
         partitions = ?partitions,

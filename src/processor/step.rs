@@ -31,6 +31,7 @@ impl Loop {
         self.txn
             .consumed(msg.topic(), msg.partition(), msg.offset());
         Metrics::add(&self.ctx.metrics.records_in, 1);
+        self.ctx.telemetry.on_consumed(msg.topic());
 
         let partition = msg.partition();
         let Some(base) = self.topics.base(msg.topic()) else {
@@ -321,6 +322,11 @@ impl Loop {
         }
         debug!(order_id = %state.order_id, status = state.status.as_str(), version = state.version, commands = commands.len(), "order changed");
         Metrics::add(&self.ctx.metrics.state_changes, 1);
+        let previous = self
+            .stores
+            .get(&partition)
+            .and_then(|s| s.order(&state.order_id));
+        self.ctx.telemetry.on_change(previous, &state, &commands);
         if let Some(store) = self.stores.get_mut(&partition) {
             let id = state.order_id.clone();
             store.put(&id, Entry::Order(Box::new(state)));
@@ -345,6 +351,7 @@ impl Loop {
         headers: Option<OwnedHeaders>,
     ) -> Result<(), StepError> {
         self.begin()?;
+        self.ctx.telemetry.on_produced(topic);
         let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key.as_bytes());
         if let Some(p) = payload {
             record = record.payload(p);

@@ -90,6 +90,7 @@ impl Loop {
         retrying(budget, started, |left| {
             self.producer.commit_transaction(left)
         })?;
+        self.ctx.telemetry.on_commit(started.elapsed());
         let now = now_millis();
         for store in self.stores.values_mut() {
             store.commit(now);
@@ -109,6 +110,7 @@ impl Loop {
                 self.producer.abort_transaction(left)
             })?;
             Metrics::add(&self.ctx.metrics.transactions_aborted, 1);
+            self.ctx.telemetry.on_abort();
         }
         for store in self.stores.values_mut() {
             store.rollback();

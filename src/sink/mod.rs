@@ -92,8 +92,10 @@ use crate::config::Config;
 use crate::contracts::{Codec, CodecError, OrderStatusRecord};
 use crate::kafka::{self, clients, ErrorClass};
 use crate::retry::Backoff;
+use crate::telemetry::Telemetry;
 use crate::topics;
 
+pub use batch::rfc3339_millis;
 use batch::{Batch, OrderRow};
 use consumer::{Change, SinkContext};
 pub use store::NOTIFY_CHANNEL;
@@ -140,6 +142,16 @@ pub enum SinkError {
 pub async fn run(
     config: Config,
     codec: Arc<Codec>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), SinkError> {
+    run_with(config, codec, Telemetry::disabled(), shutdown).await
+}
+
+/// [`run`], reporting rows, batch latency, lag and outages to `telemetry`.
+pub async fn run_with(
+    config: Config,
+    codec: Arc<Codec>,
+    telemetry: Telemetry,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), SinkError> {
     let mut shutdown = std::pin::pin!(shutdown);
@@ -190,6 +202,7 @@ pub async fn run(
         logged: Counters::default(),
         stats_every: Duration::from_secs(config.stats_interval_s),
         next_stats: Instant::now() + Duration::from_secs(config.stats_interval_s),
+        telemetry,
     };
     let result = sink.run(shutdown).await;
     sink.log_progress(true);
@@ -263,6 +276,7 @@ struct Sink<'c> {
     logged: Counters,
     stats_every: Duration,
     next_stats: Instant,
+    telemetry: Telemetry,
 }
 
 impl Sink<'_> {
@@ -399,6 +413,9 @@ impl Sink<'_> {
                 self.counters.batches += 1;
                 self.counters.orders += orders;
                 self.counters.history += history;
+                let newest = self.batch.max_updated_at();
+                self.telemetry
+                    .on_sink_batch(orders, history, started.elapsed(), newest);
                 self.clear_batch();
                 self.db_backoff.reset();
                 if self.db_down {
@@ -431,6 +448,7 @@ impl Sink<'_> {
                         "still cannot write the batch to PostgreSQL");
                 }
                 self.db_down = true;
+                self.telemetry.on_sink_outage(true);
                 self.stall(delay);
                 false
             }
@@ -468,6 +486,7 @@ impl Sink<'_> {
                 if self.db_down {
                     self.db_down = false;
                     info!("PostgreSQL reachable again; resuming");
+                    self.telemetry.on_sink_outage(false);
                 }
                 true
             }
@@ -476,6 +495,7 @@ impl Sink<'_> {
                 warn!(error = %e.detail(), retry_in_ms = delay.as_millis() as u64,
                     "cannot read the stored offsets; partitions stay paused");
                 self.db_down = true;
+                self.telemetry.on_sink_outage(true);
                 self.stall(delay);
                 false
             }

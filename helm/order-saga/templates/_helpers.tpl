@@ -31,6 +31,12 @@ app.kubernetes.io/version: {{ .Chart.AppVersion | quote }}
   value: {{ .Values.config.sinkGroup | quote }}
 - name: ORDER_SAGA_LOG_FORMAT
   value: {{ .Values.config.logFormat | quote }}
+- name: ORDER_SAGA_OTLP_ENDPOINT
+  value: {{ .Values.config.otlpEndpoint | quote }}
+- name: ORDER_SAGA_METRICS_INTERVAL_MS
+  value: {{ .Values.config.metricsIntervalMs | quote }}
+- name: ORDER_SAGA_STUCK_AFTER_MS
+  value: {{ .Values.config.stuckAfterMs | quote }}
 - name: ORDER_SAGA_DATABASE_URL
   valueFrom:
     secretKeyRef:
