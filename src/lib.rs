@@ -20,6 +20,7 @@
 //!   main job, tests and benchmarks.
 //! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
 //!   [`retry`]: backoff.
+//! - [`security`]: TLS, SASL and credentials of every connection; redaction of secrets.
 
 pub mod cli;
 pub mod config;
@@ -31,6 +32,7 @@ pub mod processor;
 pub mod report;
 pub mod retry;
 pub mod saga;
+pub mod security;
 pub mod signals;
 pub mod simulate;
 pub mod sink;
