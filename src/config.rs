@@ -33,8 +33,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything the commands of `order-saga` may need to know.
-#[derive(Debug, Clone, Args)]
+/// Everything the commands of `order-saga` may need to know. Its `Debug` (in
+/// `security.rs`) hides the database URL's password.
+#[derive(Clone, Args)]
 pub struct Config {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(

@@ -245,6 +245,29 @@ impl fmt::Debug for Security {
     }
 }
 
+impl fmt::Debug for crate::config::Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("bootstrap", &self.bootstrap)
+            .field("application_id", &self.application_id)
+            .field("instance_id", &self.instance_id)
+            .field("registry_url", &redact_url(&self.registry_url))
+            .field("database_url", &redact_url(&self.database_url))
+            .field("commit_interval_ms", &self.commit_interval_ms)
+            .field("transaction_timeout_ms", &self.transaction_timeout_ms)
+            .field("state_retention_ms", &self.state_retention_ms)
+            .field("step_timeout_ms", &self.step_timeout_ms)
+            .field("max_attempts", &self.max_attempts)
+            .field("retry_backoff_ms", &self.retry_backoff_ms)
+            .field("sink_group", &self.sink_group)
+            .field("stats_interval_s", &self.stats_interval_s)
+            .field("topic_prefix", &self.topic_prefix)
+            .field("log_format", &self.log_format)
+            .field("security", &self.security)
+            .finish_non_exhaustive()
+    }
+}
+
 /// The value of a property whose key suggests a secret, hidden.
 pub fn redact_property(key: &str, value: &str) -> String {
     let k = key.to_ascii_lowercase();
@@ -859,6 +882,28 @@ mod tests {
         assert_eq!(c.get("socket.timeout.ms"), Some("30000"));
         assert_eq!(c.get("client.rack"), Some("a"));
         assert_eq!(c.get("message.max.bytes"), Some("2000000"));
+    }
+
+    #[test]
+    fn the_configuration_debug_output_and_help_never_show_the_database_password() {
+        #[derive(Parser)]
+        struct Full {
+            #[command(flatten)]
+            config: crate::config::Config,
+        }
+        let full = Full::try_parse_from([
+            "order-saga",
+            "--database-url",
+            "postgres://order:pa55word@db:5432/order",
+        ])
+        .unwrap();
+        let shown = format!("{:?}", full.config);
+        assert!(!shown.contains("pa55word"), "{shown}");
+        assert!(shown.contains("order:***@db:5432"), "{shown}");
+        use clap::CommandFactory;
+        let help = Full::command().render_long_help().to_string();
+        assert!(!help.contains("order:order@"), "{help}");
+        assert!(help.contains("order:***@localhost"), "{help}");
     }
 
     #[test]
