@@ -30,12 +30,31 @@ pub fn codec(config: &Config) -> anyhow::Result<Arc<Codec>> {
     Ok(Arc::new(Codec::new(registry)?))
 }
 
+/// Asks the registry for its subjects once: wrong credentials or an untrusted certificate
+/// stop start-up here, in plain words, instead of failing every record later. An
+/// unreachable registry is left to the commands, which wait for it.
+pub async fn registry_preflight(config: &Config) -> anyhow::Result<()> {
+    let auth = config
+        .security
+        .registry_auth()
+        .context("reading the registry's CA, password or token file")?;
+    let client = RegistryClient::secured(&config.registry_url, &auth)?;
+    match client.subjects().await {
+        Err(e) => match e.access_failure() {
+            Some(reason) => bail!("{reason}"),
+            None => Ok(()),
+        },
+        Ok(_) => Ok(()),
+    }
+}
+
 /// `order-saga run`: the processor, and the sink beside it unless `with_sink` is false.
 pub async fn run(
     config: Config,
     with_sink: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
     let (tx, rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
@@ -84,6 +103,7 @@ pub async fn sink(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
     kafka::admin::preflight(
         &config,
@@ -100,6 +120,7 @@ pub async fn simulate(
     args: SimulateArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
     kafka::admin::preflight(&config, &config.topics().all()).await?;
     simulate::run(config, args, codec, shutdown).await?;
@@ -108,6 +129,7 @@ pub async fn simulate(
 
 /// `order-saga load`.
 pub async fn load(config: Config, args: LoadArgs) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
     kafka::admin::preflight(&config, &config.topics().all()).await?;
     load::run(config, args, codec).await?;

@@ -299,12 +299,27 @@ async fn postgres_without_tls_is_refused_by_the_server() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_registry_password_is_refused_plainly() {
-    let wrong = write_temp("wrong\n");
+    let wrong = write_temp("wrong-registry-pw-7f3a\n");
     let config = secured_config("sec-x-", &[("ORDER_SAGA_REGISTRY_PASSWORD_FILE", &wrong)]);
     let (code, log) = exit_of(spawn(&config, "r", &["schemas", "check"]), FAIL_FAST);
     assert_ne!(code, 0, "{log}");
-    assert!(log.contains("401"), "{log}");
+    assert!(log.contains("refused our credentials (401)"), "{log}");
     assert!(log.contains("https://127.0.0.1"), "{log}");
+    // The processor checks before it reads a record, rather than failing every record.
+    let (code, log) = exit_of(spawn(&config, "r", &["run", "--no-sink"]), FAIL_FAST);
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("refused our credentials (401)"), "{log}");
+    assert!(!log.contains("wrong-registry-pw-7f3a"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_registry_certificate_from_another_ca_is_refused_plainly() {
+    let other = stack_env()["STACK_SECURE_OTHER_CA_FILE"].clone();
+    let config = secured_config("sec-x-", &[("ORDER_SAGA_REGISTRY_CA_FILE", &other)]);
+    let (code, log) = exit_of(spawn(&config, "rc", &["run", "--no-sink"]), FAIL_FAST);
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("TLS with the schema registry"), "{log}");
+    assert!(log.contains("certificate"), "{log}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

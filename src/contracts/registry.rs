@@ -76,6 +76,19 @@ pub enum RegistryError {
         /// The registry's message.
         message: String,
     },
+    /// A 401 or 403 answer: our credentials are missing, wrong or not enough. Counted as
+    /// transient, so records are retried rather than dead-lettered while it lasts;
+    /// start-up checks for it and stops (see [`RegistryError::access_failure`]).
+    #[error(
+        "schema registry at {url} refused our credentials ({status}): check \
+         --registry-username and --registry-password-file, or --registry-token-file"
+    )]
+    Unauthorized {
+        /// The request URL.
+        url: String,
+        /// The HTTP status.
+        status: u16,
+    },
     /// A 404 answer: no such subject, version or schema id.
     #[error("not found at {url} (error code {}): {message}", error_code.map_or("none".to_owned(), |c| c.to_string()))]
     NotFound {
@@ -116,8 +129,30 @@ impl RegistryError {
     pub fn is_transient(&self) -> bool {
         matches!(
             self,
-            RegistryError::Unreachable { .. } | RegistryError::Unavailable { .. }
+            RegistryError::Unreachable { .. }
+                | RegistryError::Unavailable { .. }
+                | RegistryError::Unauthorized { .. }
         )
+    }
+
+    /// Credentials refused or the TLS certificate not trusted: waiting cannot fix either,
+    /// so start-up stops on it. The plain reason, or `None` for any other error.
+    pub fn access_failure(&self) -> Option<String> {
+        match self {
+            RegistryError::Unauthorized { .. } => Some(self.to_string()),
+            RegistryError::Unreachable { url, source } => {
+                let mut chain = Vec::new();
+                let mut cause: Option<&dyn std::error::Error> = Some(source);
+                while let Some(c) = cause {
+                    chain.push(c.to_string());
+                    cause = c.source();
+                }
+                let text = chain.join(": ");
+                (text.contains("certificate") || text.contains("SSL") || text.contains("TLS"))
+                    .then(|| format!("TLS with the schema registry at {url} failed: {text}"))
+            }
+            _ => None,
+        }
     }
 
     /// A 404 answer with the registry's error code `code`. A 404 without a code is not
@@ -313,6 +348,10 @@ impl RegistryClient {
                 url: shown,
                 error_code,
                 message,
+            },
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => RegistryError::Unauthorized {
+                url: shown,
+                status: status.as_u16(),
             },
             s if s.is_server_error()
                 || s == StatusCode::REQUEST_TIMEOUT
