@@ -396,3 +396,77 @@ fn no_secret_appears_in_any_log_of_the_secured_stack_or_of_the_processes_tests_s
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scram_sha_256_and_pass_through_properties_work_on_the_secured_listener() {
+    let prefix = format!("sec-{}", random_prefix());
+    let mut args = secured_args(
+        &prefix,
+        &[("ORDER_SAGA_KAFKA_SASL_MECHANISM", "SCRAM-SHA-256")],
+    );
+    args.extend(
+        [
+            "--kafka-property",
+            "socket.keepalive.enable=true",
+            "--kafka-property",
+            "client.rack=rack-a",
+        ]
+        .map(String::from),
+    );
+    let config = match Cli::try_parse_from(args) {
+        Ok(c) => c.config,
+        Err(e) => panic!("{e}"),
+    };
+    config.validate().expect("valid");
+    let names = config.topics().all();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    admin::create_topics(&config, &refs, 1)
+        .await
+        .expect("topics created over SCRAM-SHA-256");
+    assert_eq!(
+        admin::partition_counts(&config, &refs).expect("metadata"),
+        vec![1; refs.len()]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_with_a_client_certificate_is_accepted_and_without_one_refused() {
+    let env = stack_env();
+    let prefix = format!("sec-{}", random_prefix());
+    let mtls = [
+        (
+            "ORDER_SAGA_BOOTSTRAP",
+            env["STACK_SECURE_MTLS_BOOTSTRAP"].as_str(),
+        ),
+        ("ORDER_SAGA_KAFKA_SECURITY_PROTOCOL", "ssl"),
+        ("ORDER_SAGA_KAFKA_SASL_MECHANISM", ""),
+        ("ORDER_SAGA_KAFKA_SASL_USERNAME", ""),
+        ("ORDER_SAGA_KAFKA_SASL_PASSWORD_FILE", ""),
+    ];
+    let mut args = secured_args(&prefix, &mtls);
+    args.extend([
+        "--kafka-ssl-cert-file".to_string(),
+        env["STACK_SECURE_CLIENT_CERT_FILE"].clone(),
+        "--kafka-ssl-key-file".to_string(),
+        env["STACK_SECURE_CLIENT_KEY_FILE"].clone(),
+    ]);
+    let with_cert = match Cli::try_parse_from(args) {
+        Ok(c) => c.config,
+        Err(e) => panic!("{e}"),
+    };
+    with_cert.validate().expect("valid");
+    let names = with_cert.topics().all();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    admin::create_topics(&with_cert, &refs, 1)
+        .await
+        .expect("the certificate's principal (CN=order) creates its topics");
+
+    let without_cert = secured_config(&prefix, &mtls);
+    let (code, log) = exit_of(spawn(&without_cert, "p0", &["run", "--no-sink"]), FAIL_FAST);
+    assert_ne!(code, 0, "{log}");
+    assert!(log.contains("security protocol ssl"), "{log}");
+    assert!(
+        log.contains("the broker refused our client certificate"),
+        "{log}"
+    );
+}

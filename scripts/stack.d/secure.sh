@@ -3,8 +3,8 @@
 # Sourced by scripts/stack, whose helpers it uses; it runs beside the plaintext stack with
 # its own ports, its own data under .stack/secure and its own PostgreSQL cluster name.
 #
-#   Kafka       SASL_SSL on 127.0.0.1:9192 (SCRAM-SHA-512/256), controller 9193
-#               (SASL_PLAINTEXT/PLAIN, loopback), StandardAuthorizer with ACLs
+#   Kafka       SASL_SSL on 127.0.0.1:9192 (SCRAM-SHA-512/256), mutual TLS on 9194,
+#               controller 9193 (SASL_PLAINTEXT/PLAIN, loopback), StandardAuthorizer, ACLs
 #   PostgreSQL  127.0.0.1:55433, ssl = on, hostssl-only for the application role
 #   Registry    https://127.0.0.1:8443 with basic auth: nginx (Debian package) in front of
 #               the plaintext stack's Apicurio registry on 127.0.0.1:$STACK_REGISTRY_PORT
@@ -19,6 +19,7 @@
 # prefixes (and application ids) starting with `sec-`.
 #
 # Knobs: STACK_SECURE_KAFKA_PORT (9192), STACK_SECURE_KAFKA_CONTROLLER_PORT (9193),
+# STACK_SECURE_KAFKA_MTLS_PORT (9194),
 # STACK_SECURE_PG_PORT (55433), STACK_SECURE_REGISTRY_PORT (8443).
 
 SECURE_PREFIXES=order,inventory-,payment-,shipping-,notification-,sec-
@@ -27,10 +28,12 @@ secure_setup_vars() {
   PLAIN_REGISTRY_PORT=$REGISTRY_PORT
   KAFKA_PORT=${STACK_SECURE_KAFKA_PORT:-9192}
   KAFKA_CONTROLLER_PORT=${STACK_SECURE_KAFKA_CONTROLLER_PORT:-9193}
+  KAFKA_MTLS_PORT=${STACK_SECURE_KAFKA_MTLS_PORT:-9194}
   PG_PORT=${STACK_SECURE_PG_PORT:-55433}
   SECURE_REGISTRY_PORT=${STACK_SECURE_REGISTRY_PORT:-8443}
   check_number STACK_SECURE_KAFKA_PORT "$KAFKA_PORT"
   check_number STACK_SECURE_KAFKA_CONTROLLER_PORT "$KAFKA_CONTROLLER_PORT"
+  check_number STACK_SECURE_KAFKA_MTLS_PORT "$KAFKA_MTLS_PORT"
   check_number STACK_SECURE_PG_PORT "$PG_PORT"
   check_number STACK_SECURE_REGISTRY_PORT "$SECURE_REGISTRY_PORT"
 
@@ -96,6 +99,22 @@ ensure_certs() {
   ) >>"$log" 2>&1 || die tls "$log" "openssl could not make the certificates"
 }
 
+# A client certificate for the mutual-TLS listener; CN=order maps to the principal
+# User:order (ssl.principal.mapping.rules), so it has the service's ACLs.
+ensure_client_cert() {
+  [[ -s $TLS_DIR/client.pem ]] && return 0
+  local log=$LOG_DIR/tls.log
+  (
+    set -e
+    cd -- "$TLS_DIR"
+    umask 077
+    openssl req -newkey rsa:2048 -nodes -subj "/CN=order" -keyout client.key -out client.csr
+    printf 'extendedKeyUsage=clientAuth\n' >client.ext
+    openssl x509 -req -in client.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 825 \
+      -extfile client.ext -out client.pem
+  ) >>"$log" 2>&1 || die tls "$log" "openssl could not make the client certificate"
+}
+
 write_secure_kafka_config() {
   local admin
   admin=$(secret admin)
@@ -105,11 +124,14 @@ write_secure_kafka_config() {
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$KAFKA_CONTROLLER_PORT
-listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT
-advertised.listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT
+listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$KAFKA_CONTROLLER_PORT,SSL://127.0.0.1:$KAFKA_MTLS_PORT
+advertised.listeners=SASL_SSL://127.0.0.1:$KAFKA_PORT,SSL://127.0.0.1:$KAFKA_MTLS_PORT
 inter.broker.listener.name=SASL_SSL
 controller.listener.names=CONTROLLER
-listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL
+listener.security.protocol.map=CONTROLLER:SASL_PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL
+# Mutual TLS: a client certificate of the CA is required; its CN is the principal.
+listener.name.ssl.ssl.client.auth=required
+ssl.principal.mapping.rules=RULE:^CN=([a-zA-Z0-9._-]+)\$/\$1/,DEFAULT
 sasl.enabled.mechanisms=SCRAM-SHA-512,SCRAM-SHA-256
 sasl.mechanism.inter.broker.protocol=SCRAM-SHA-512
 listener.name.sasl_ssl.scram-sha-512.sasl.jaas.config=org.apache.kafka.common.security.scram.ScramLoginModule required username="admin" password="$admin";
@@ -171,13 +193,13 @@ format_secure_kafka_storage() {
 }
 
 start_secure_kafka() {
-  local signature="secure $KAFKA_VERSION $KAFKA_PORT $KAFKA_CONTROLLER_PORT"
+  local signature="secure $KAFKA_VERSION $KAFKA_PORT $KAFKA_CONTROLLER_PORT $KAFKA_MTLS_PORT"
   running_as kafka "$signature" && return 0
   KAFKA_STARTED=1
   local port
-  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
+  for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT" "$KAFKA_MTLS_PORT"; do
     port_open "$port" && die kafka "" "127.0.0.1:$port is already in use; set" \
-      "STACK_SECURE_KAFKA_PORT / STACK_SECURE_KAFKA_CONTROLLER_PORT"
+      "STACK_SECURE_KAFKA_PORT / STACK_SECURE_KAFKA_CONTROLLER_PORT / STACK_SECURE_KAFKA_MTLS_PORT"
   done
   write_secure_kafka_config
   format_secure_kafka_storage
@@ -362,6 +384,9 @@ STACK_SECURE_INTRUDER_USERNAME=intruder
 STACK_SECURE_INTRUDER_PASSWORD_FILE=$SECRETS_DIR/intruder.password
 STACK_SECURE_OTHER_CA_FILE=$TLS_DIR/other-ca.pem
 STACK_SECURE_SECRETS_DIR=$SECRETS_DIR
+STACK_SECURE_MTLS_BOOTSTRAP=127.0.0.1:$KAFKA_MTLS_PORT
+STACK_SECURE_CLIENT_CERT_FILE=$TLS_DIR/client.pem
+STACK_SECURE_CLIENT_KEY_FILE=$TLS_DIR/client.key
 EOF
   mv -- "$ENV_FILE.tmp" "$ENV_FILE"
 }
@@ -376,6 +401,7 @@ secure_cmd_up() {
   ensure_nginx
   ensure_secrets
   ensure_certs
+  ensure_client_cert
   # The registry behind nginx is the plaintext stack's: it must answer first.
   [[ $(curl -s -o /dev/null -m 3 -w '%{http_code}' \
     "http://127.0.0.1:$PLAIN_REGISTRY_PORT/apis/ccompat/v7/subjects" 2>/dev/null) == 200 ]] ||
@@ -411,6 +437,8 @@ secure_cmd_status() {
   local rc=0 state
   if port_open "$KAFKA_PORT"; then state=up; else state=down rc=1; fi
   printf '%-10s %-60s %s\n' kafka "SASL_SSL://$KAFKA_BOOTSTRAP" "$state"
+  if port_open "$KAFKA_MTLS_PORT"; then state=up; else state=down rc=1; fi
+  printf '%-10s %-60s %s\n' kafka "SSL://127.0.0.1:$KAFKA_MTLS_PORT (mutual TLS)" "$state"
   if [[ -d $SECRETS_DIR ]] && secure_registry_answers; then state=up; else state=down rc=1; fi
   printf '%-10s %-60s %s\n' registry "$REGISTRY_URL" "$state"
   if command -v pg_isready >/dev/null && pg_isready -q -h 127.0.0.1 -p "$PG_PORT" -t 2; then

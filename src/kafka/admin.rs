@@ -141,6 +141,10 @@ fn access_failure_in_log(message: &str) -> Option<AccessFailure> {
         Some(AccessFailure::Authentication(message.to_string()))
     } else if message.contains("SSL handshake failed") {
         Some(AccessFailure::Tls(message.to_string()))
+    } else if message.contains("alert bad certificate")
+        || message.contains("alert certificate required")
+    {
+        access_failure(RDKafkaErrorCode::BrokerTransportFailure, message)
     } else if message.contains("incorrect security.protocol") {
         Some(AccessFailure::Protocol(message.to_string()))
     } else {

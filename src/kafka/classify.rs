@@ -186,6 +186,16 @@ pub fn access_failure(code: RDKafkaErrorCode, reason: &str) -> Option<AccessFail
         _ if reason.contains("incorrect security.protocol") => {
             Some(AccessFailure::Protocol(reason.to_string()))
         }
+        // The broker's TLS alert when a listener requires a client certificate (mutual
+        // TLS) and gets none, or one it does not trust.
+        _ if reason.contains("alert bad certificate")
+            || reason.contains("alert certificate required") =>
+        {
+            Some(AccessFailure::Tls(format!(
+                "the broker refused our client certificate (mutual TLS: check \
+                 --kafka-ssl-cert-file and --kafka-ssl-key-file): {reason}"
+            )))
+        }
         _ if reason.contains("SSL handshake failed") || reason.contains("certificate verify") => {
             Some(AccessFailure::Tls(reason.to_string()))
         }
