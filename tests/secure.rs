@@ -288,6 +288,19 @@ async fn postgres_verify_full_with_another_ca_fails_naming_the_certificate() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_postgres_password_from_the_file_ends_start_up_at_once() {
+    let wrong = write_temp("wrong-pg-pw-51c2\n");
+    let config = secured_config("sec-x-", &[("ORDER_SAGA_DATABASE_PASSWORD_FILE", &wrong)]);
+    let (code, log) = exit_of(spawn(&config, "pw", &["migrate"]), FAIL_FAST);
+    assert_ne!(code, 0, "{log}");
+    assert!(
+        log.contains("password authentication failed for user \"order\" (28P01)"),
+        "{log}"
+    );
+    assert!(!log.contains("wrong-pg-pw-51c2"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_without_tls_is_refused_by_the_server() {
     let env = stack_env();
     let url = env["ORDER_SAGA_DATABASE_URL"].replace("sslmode=verify-full", "sslmode=disable");
