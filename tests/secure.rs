@@ -34,7 +34,7 @@ fn stack_env() -> BTreeMap<String, String> {
     });
     text.lines()
         .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
         .collect()
 }
 

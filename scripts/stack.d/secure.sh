@@ -355,6 +355,8 @@ secure_registry_answers() {
     -u "order:$(secret registry)" "$REGISTRY_URL/subjects" 2>/dev/null) == 200 ]]
 }
 
+# Values are shell words: the file is meant for `set -a; . .stack/secure/env; set +a`, and
+# the database URL holds an `&`.
 write_secure_env() {
   (umask 077 && cat >"$STACK_DIR/client.properties.tmp" <<EOF
 security.protocol=SASL_SSL
@@ -376,7 +378,7 @@ ORDER_SAGA_REGISTRY_URL=$REGISTRY_URL
 ORDER_SAGA_REGISTRY_CA_FILE=$TLS_DIR/ca.pem
 ORDER_SAGA_REGISTRY_USERNAME=order
 ORDER_SAGA_REGISTRY_PASSWORD_FILE=$SECRETS_DIR/registry.password
-ORDER_SAGA_DATABASE_URL=$DATABASE_URL
+ORDER_SAGA_DATABASE_URL='$DATABASE_URL'
 ORDER_SAGA_DATABASE_PASSWORD_FILE=$SECRETS_DIR/postgres.password
 STACK_PARTITIONS=$PARTITIONS
 STACK_SECURE_CLIENT_PROPERTIES=$STACK_DIR/client.properties

@@ -44,6 +44,14 @@ pub fn access_failure(e: &tokio_postgres::Error) -> Option<String> {
         return None;
     }
     let text = e.to_string();
+    // tokio-postgres found the settings unusable (e.g. the server asks for a password and
+    // none was given): no retry changes that.
+    if text.starts_with("invalid configuration") {
+        let source = std::error::Error::source(e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        return Some(format!("{text}{source}"));
+    }
     let source = std::error::Error::source(e)
         .map(|s| s.to_string())
         .unwrap_or_default();
