@@ -24,8 +24,30 @@ const DB_START_WAIT: Duration = Duration::from_secs(300);
 
 /// The registry-backed codec every command shares.
 pub fn codec(config: &Config) -> anyhow::Result<Arc<Codec>> {
-    let registry = RegistryClient::new(&config.registry_url)?;
+    let auth = config
+        .security
+        .registry_auth()
+        .context("reading the registry's CA, password or token file")?;
+    let registry = RegistryClient::secured(&config.registry_url, &auth)?;
     Ok(Arc::new(Codec::new(registry)?))
+}
+
+/// Asks the registry for its subjects once: wrong credentials or an untrusted certificate
+/// stop start-up here, in plain words, instead of failing every record later. An
+/// unreachable registry is left to the commands, which wait for it.
+pub async fn registry_preflight(config: &Config) -> anyhow::Result<()> {
+    let auth = config
+        .security
+        .registry_auth()
+        .context("reading the registry's CA, password or token file")?;
+    let client = RegistryClient::secured(&config.registry_url, &auth)?;
+    match client.subjects().await {
+        Err(e) => match e.access_failure() {
+            Some(reason) => bail!("{reason}"),
+            None => Ok(()),
+        },
+        Ok(_) => Ok(()),
+    }
 }
 
 /// `order-saga run`: the processor, and the sink beside it unless `with_sink` is false.
@@ -34,6 +56,7 @@ pub async fn run(
     with_sink: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
     let telemetry = Telemetry::from_config(&config, "run")?;
     let (tx, rx) = tokio::sync::watch::channel(false);
@@ -123,7 +146,13 @@ pub async fn sink(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
+    kafka::admin::preflight(
+        &config,
+        &[config.topics().name(crate::topics::ORDER_STATUS)],
+    )
+    .await?;
     let telemetry = Telemetry::from_config(&config, "sink")?;
     let result = sink::run_with(config, codec, telemetry.clone(), shutdown).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())
@@ -139,21 +168,28 @@ pub async fn simulate(
     args: SimulateArgs,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
+    kafka::admin::preflight(&config, &config.topics().all()).await?;
     simulate::run(config, args, codec, shutdown).await?;
     Ok(())
 }
 
 /// `order-saga load`.
 pub async fn load(config: Config, args: LoadArgs) -> anyhow::Result<()> {
+    registry_preflight(&config).await?;
     let codec = codec(&config)?;
+    kafka::admin::preflight(&config, &config.topics().all()).await?;
     load::run(config, args, codec).await?;
     Ok(())
 }
 
 /// `order-saga schemas register`.
 pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
-    for (subject, id) in registry::register_all(&config.registry_url).await? {
+    for (subject, id) in
+        registry::register_all_secured(&config.registry_url, &config.security.registry_auth()?)
+            .await?
+    {
         println!("{subject}\tid {id}\tBACKWARD_TRANSITIVE");
     }
     Ok(())
@@ -162,7 +198,9 @@ pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
 /// `order-saga schemas check`: prints each subject's verdict; false if any is incompatible.
 pub async fn schemas_check(config: &Config) -> anyhow::Result<bool> {
     let mut all_ok = true;
-    for outcome in registry::check_all(&config.registry_url).await? {
+    for outcome in
+        registry::check_all_secured(&config.registry_url, &config.security.registry_auth()?).await?
+    {
         let verdict = match (outcome.compatible, outcome.new_subject) {
             (false, _) => "INCOMPATIBLE",
             (true, true) => "new",
@@ -179,7 +217,8 @@ pub async fn schemas_check(config: &Config) -> anyhow::Result<bool> {
 
 /// `order-saga migrate`.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let mut client = db::connect(&config.database_url, DB_START_WAIT).await?;
+    let mut client =
+        db::connect_secured(&config.database_url, &config.security, DB_START_WAIT).await?;
     let applied = db::migrate(&mut client).await?;
     for m in &applied {
         println!("applied {m}");
@@ -204,7 +243,12 @@ pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<(
 
 /// `order-saga status <id>`: false if the order is unknown.
 pub async fn status(config: &Config, order_id: &str) -> anyhow::Result<bool> {
-    let client = db::connect(&config.database_url, Duration::from_secs(30)).await?;
+    let client = db::connect_secured(
+        &config.database_url,
+        &config.security,
+        Duration::from_secs(30),
+    )
+    .await?;
     report::print_order(&client, order_id)
         .await
         .context("reading the order")
@@ -212,7 +256,12 @@ pub async fn status(config: &Config, order_id: &str) -> anyhow::Result<bool> {
 
 /// `order-saga report`.
 pub async fn report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
-    let client = db::connect(&config.database_url, Duration::from_secs(30)).await?;
+    let client = db::connect_secured(
+        &config.database_url,
+        &config.security,
+        Duration::from_secs(30),
+    )
+    .await?;
     report::print_report(&client, &args).await?;
     Ok(())
 }

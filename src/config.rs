@@ -33,8 +33,9 @@ pub enum LogFormat {
     Json,
 }
 
-/// Everything the commands of `order-saga` may need to know.
-#[derive(Debug, Clone, Args)]
+/// Everything the commands of `order-saga` may need to know. Its `Debug` (in
+/// `security.rs`) hides the database URL's password.
+#[derive(Clone, Args)]
 pub struct Config {
     /// Kafka bootstrap servers, comma-separated host:port.
     #[arg(
@@ -73,11 +74,15 @@ pub struct Config {
     )]
     pub registry_url: String,
 
-    /// PostgreSQL connection URL of the order-status table.
+    /// PostgreSQL connection URL of the order-status table; `sslmode` (disable, prefer,
+    /// require, verify-ca, verify-full) and `sslrootcert` are honoured.
+    /// [default: postgres://order:***@localhost:55432/order]
     #[arg(
         long,
         env = "ORDER_SAGA_DATABASE_URL",
         default_value = "postgres://order:order@localhost:55432/order",
+        hide_default_value = true,
+        hide_env_values = true,
         global = true
     )]
     pub database_url: String,
@@ -219,6 +224,10 @@ pub struct Config {
     /// Log format.
     #[arg(long, env = "ORDER_SAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     pub log_format: LogFormat,
+
+    /// TLS, SASL and credentials of every connection.
+    #[command(flatten)]
+    pub security: crate::security::Security,
 }
 
 fn err(key: &'static str, env: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
@@ -309,7 +318,7 @@ impl Config {
                 "an http:// or https:// URL",
             ));
         }
-        if self.database_url.parse::<tokio_postgres::Config>().is_err() {
+        if crate::db::tls::check_url(&self.database_url).is_err() {
             return Err(err(
                 "--database-url",
                 "ORDER_SAGA_DATABASE_URL",
@@ -389,6 +398,7 @@ impl Config {
             3_600,
         )?;
         crate::telemetry::validate_config(self)?;
+        self.security.validate()?;
         Ok(())
     }
 
@@ -450,6 +460,9 @@ impl Config {
             ),
             ("ORDER_SAGA_STUCK_AFTER_MS", self.stuck_after_ms.to_string()),
         ]
+        .into_iter()
+        .chain(self.security.env_vars())
+        .collect()
     }
 
     /// The topic names of this deployment.

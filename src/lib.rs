@@ -22,6 +22,7 @@
 //! - [`telemetry`]: metrics pushed over OTLP: the meter provider and every instrument.
 //! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
 //!   [`retry`]: backoff.
+//! - [`security`]: TLS, SASL and credentials of every connection; redaction of secrets.
 
 pub mod cli;
 pub mod config;
@@ -34,6 +35,7 @@ pub mod processor;
 pub mod report;
 pub mod retry;
 pub mod saga;
+pub mod security;
 pub mod signals;
 pub mod simulate;
 pub mod sink;

@@ -3,10 +3,13 @@
 use std::time::Duration;
 
 use thiserror::Error;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tracing::{info, warn};
 
 use crate::retry::Backoff;
+use crate::security::Security;
+
+pub mod tls;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -24,16 +27,85 @@ pub enum DbError {
     Migration(#[from] refinery::Error),
     #[error("could not reach PostgreSQL within {waited:?}: {last}")]
     Unreachable { waited: Duration, last: String },
+    #[error(transparent)]
+    Settings(#[from] tls::TlsSettingsError),
+    /// Retrying cannot help: wrong password, refused role, failed TLS verification.
+    #[error("PostgreSQL at {target} refused the connection: {reason}")]
+    Access { target: String, reason: String },
 }
 
-/// Connects to `url`, retrying with backoff until `give_up_after` has passed.
+/// A connection error that retrying cannot fix: authentication (SQLSTATE class 28) or
+/// TLS (untrusted certificate, wrong host name, TLS required but not offered).
+pub fn access_failure(e: &tokio_postgres::Error) -> Option<String> {
+    if let Some(db) = e.as_db_error() {
+        if db.code().code().starts_with("28") {
+            return Some(format!("{} ({})", db.message(), db.code().code()));
+        }
+        return None;
+    }
+    let text = e.to_string();
+    // tokio-postgres found the settings unusable (e.g. the server asks for a password and
+    // none was given): no retry changes that.
+    if text.starts_with("invalid configuration") {
+        let source = std::error::Error::source(e)
+            .map(|s| format!(": {s}"))
+            .unwrap_or_default();
+        return Some(format!("{text}{source}"));
+    }
+    let source = std::error::Error::source(e)
+        .map(|s| s.to_string())
+        .unwrap_or_default();
+    (text.contains("TLS") || text.contains("certificate") || source.contains("certificate")).then(
+        || {
+            if source.is_empty() {
+                text
+            } else {
+                format!("{text}: {source}")
+            }
+        },
+    )
+}
+
+/// Where a configuration connects, for messages: hosts and ports, never credentials.
+pub fn target(pg: &tokio_postgres::Config) -> String {
+    let hosts: Vec<String> = pg
+        .get_hosts()
+        .iter()
+        .zip(pg.get_ports().iter().chain(std::iter::repeat(&5432)))
+        .map(|(h, p)| match h {
+            tokio_postgres::config::Host::Tcp(h) => format!("{h}:{p}"),
+            #[cfg(unix)]
+            tokio_postgres::config::Host::Unix(path) => path.display().to_string(),
+        })
+        .collect();
+    format!(
+        "{} (user {}, database {})",
+        hosts.join(","),
+        pg.get_user().unwrap_or("?"),
+        pg.get_dbname().unwrap_or("?")
+    )
+}
+
+/// Connects to `url` without TLS settings beyond the URL's own; see [`connect_secured`].
+pub async fn connect(url: &str, give_up_after: Duration) -> Result<Client, DbError> {
+    connect_secured(url, &Security::default(), give_up_after).await
+}
+
+/// Connects to `url` with `security`'s password file and root certificate, retrying with
+/// backoff until `give_up_after` has passed while the server is unreachable. A refused
+/// login or a failed certificate check ends at once: waiting cannot fix either.
 ///
 /// The connection task is spawned on the current runtime; it ends when the client drops.
-pub async fn connect(url: &str, give_up_after: Duration) -> Result<Client, DbError> {
+pub async fn connect_secured(
+    url: &str,
+    security: &Security,
+    give_up_after: Duration,
+) -> Result<Client, DbError> {
+    let (pg, tls, _) = tls::connection(url, security)?;
     let started = tokio::time::Instant::now();
     let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(5));
     loop {
-        match tokio_postgres::connect(url, NoTls).await {
+        match pg.connect(tls.clone()).await {
             Ok((client, connection)) => {
                 tokio::spawn(async move {
                     if let Err(e) = connection.await {
@@ -41,6 +113,12 @@ pub async fn connect(url: &str, give_up_after: Duration) -> Result<Client, DbErr
                     }
                 });
                 return Ok(client);
+            }
+            Err(e) if access_failure(&e).is_some() => {
+                return Err(DbError::Access {
+                    target: target(&pg),
+                    reason: access_failure(&e).unwrap_or_default(),
+                })
             }
             Err(e) if started.elapsed() < give_up_after => {
                 let delay = backoff.next_delay();

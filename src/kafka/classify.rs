@@ -31,6 +31,8 @@ fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::GroupAuthorizationFailed
+            | RDKafkaErrorCode::Authentication
+            | RDKafkaErrorCode::SaslAuthenticationFailed
             | RDKafkaErrorCode::UnsupportedVersion
             | RDKafkaErrorCode::InvalidTransactionTimeout
             | RDKafkaErrorCode::UnknownProducerId
@@ -136,6 +138,71 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
     }
 }
 
+/// Why a client cannot get in, in plain words: a failure that retrying cannot fix, as
+/// opposed to a broker that is merely unreachable.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessFailure {
+    /// Wrong user name or password, or a mechanism the broker does not offer.
+    Authentication(String),
+    /// The TLS handshake failed: untrusted or expired certificate, wrong host name.
+    Tls(String),
+    /// The client speaks another protocol than the listener (plaintext against TLS).
+    Protocol(String),
+    /// The principal lacks an ACL.
+    Authorization(String),
+}
+
+impl std::fmt::Display for AccessFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AccessFailure::Authentication(r) => write!(f, "authentication failed: {r}"),
+            AccessFailure::Tls(r) => write!(f, "TLS handshake failed: {r}"),
+            AccessFailure::Protocol(r) => write!(
+                f,
+                "the listener does not speak the configured security protocol \
+                 (check --kafka-security-protocol): {r}"
+            ),
+            AccessFailure::Authorization(r) => write!(f, "not authorized: {r}"),
+        }
+    }
+}
+
+/// The access failure an error (with librdkafka's reason text, from a client context's
+/// error callback) reports, if it reports one.
+pub fn access_failure(code: RDKafkaErrorCode, reason: &str) -> Option<AccessFailure> {
+    match code {
+        RDKafkaErrorCode::Authentication | RDKafkaErrorCode::SaslAuthenticationFailed => {
+            Some(AccessFailure::Authentication(reason.to_string()))
+        }
+        RDKafkaErrorCode::SSL => Some(AccessFailure::Tls(reason.to_string())),
+        RDKafkaErrorCode::TopicAuthorizationFailed
+        | RDKafkaErrorCode::GroupAuthorizationFailed
+        | RDKafkaErrorCode::ClusterAuthorizationFailed
+        | RDKafkaErrorCode::TransactionalIdAuthorizationFailed => {
+            Some(AccessFailure::Authorization(format!("{code}: {reason}")))
+        }
+        // librdkafka's own hint when a plaintext client meets a TLS listener: the broker
+        // hangs up during the first request.
+        _ if reason.contains("incorrect security.protocol") => {
+            Some(AccessFailure::Protocol(reason.to_string()))
+        }
+        // The broker's TLS alert when a listener requires a client certificate (mutual
+        // TLS) and gets none, or one it does not trust.
+        _ if reason.contains("alert bad certificate")
+            || reason.contains("alert certificate required") =>
+        {
+            Some(AccessFailure::Tls(format!(
+                "the broker refused our client certificate (mutual TLS: check \
+                 --kafka-ssl-cert-file and --kafka-ssl-key-file): {reason}"
+            )))
+        }
+        _ if reason.contains("SSL handshake failed") || reason.contains("certificate verify") => {
+            Some(AccessFailure::Tls(reason.to_string()))
+        }
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -199,6 +266,31 @@ mod tests {
         assert_eq!(
             classify(&KafkaError::ConsumerCommit(C::IllegalGeneration)),
             ErrorClass::Abort
+        );
+    }
+
+    #[test]
+    fn authentication_and_authorization_failures_are_fatal_with_a_plain_cause() {
+        assert_eq!(
+            classify(&KafkaError::Global(C::Authentication)),
+            ErrorClass::Fatal
+        );
+        assert_eq!(
+            classify(&KafkaError::MetadataFetch(C::TopicAuthorizationFailed)),
+            ErrorClass::Fatal
+        );
+        let f = access_failure(C::Authentication, "SASL authentication error").unwrap();
+        assert!(f.to_string().starts_with("authentication failed"), "{f}");
+        let f = access_failure(
+            C::BrokerTransportFailure,
+            "Disconnected while requesting ApiVersion: might be caused by incorrect \
+             security.protocol configuration (connecting to a SSL listener?)",
+        )
+        .unwrap();
+        assert!(f.to_string().contains("--kafka-security-protocol"), "{f}");
+        assert_eq!(
+            access_failure(C::AllBrokersDown, "1/1 brokers are down"),
+            None
         );
     }
 

@@ -12,7 +12,13 @@ fn base(config: &Config, client_id: &str) -> ClientConfig {
         // Without this a missing broker is retried silently forever; with it, failures
         // surface as errors the callers log and back off on.
         .set("reconnect.backoff.max.ms", "5000");
+    config.security.apply_kafka(&mut c);
     c
+}
+
+/// An admin client's settings.
+pub fn admin(config: &Config, client_id: &str) -> ClientConfig {
+    base(config, client_id)
 }
 
 /// Settings of a producer of keyed records that Java services also produce to or read.

@@ -230,7 +230,10 @@ impl Loop {
                     warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "init_transactions failed; retrying");
                     std::thread::sleep(delay);
                 }
-                Err(e) => return Err(txn::fatal(&txn_id, e)),
+                Err(e) => match crate::kafka::admin::access_error(&ctx.config, &e) {
+                    Some(access) => return Err(access.into()),
+                    None => return Err(txn::fatal(&txn_id, e)),
+                },
             }
         }
         let mut consumer_cfg = clients::read_committed_consumer(

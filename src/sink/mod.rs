@@ -117,6 +117,9 @@ pub enum SinkError {
     /// `--database-url` does not parse.
     #[error("invalid database URL: {0}")]
     DatabaseUrl(String),
+    /// PostgreSQL refused the login or the TLS certificate check failed.
+    #[error("PostgreSQL refused the sink's connection: {0}")]
+    DatabaseAccess(String),
     /// The connection pool could not be set up.
     #[error("cannot set up the PostgreSQL pool: {0}")]
     Pool(String),
@@ -156,12 +159,22 @@ pub async fn run_with(
 ) -> Result<(), SinkError> {
     let mut shutdown = std::pin::pin!(shutdown);
     let topic = config.topics().name(topics::ORDER_STATUS);
-    let store = Store::new(&config.database_url, &config.sink_group, &topic)?;
+    let store = Store::new(
+        &config.database_url,
+        &config.security,
+        &config.sink_group,
+        &topic,
+    )?;
 
     let mut backoff = db_backoff();
     loop {
         match store.migrate().await {
             Ok(_) => break,
+            Err(e) if e.access_failure().is_some() => {
+                return Err(SinkError::DatabaseAccess(
+                    e.access_failure().unwrap_or_default(),
+                ))
+            }
             Err(e) => {
                 let delay = backoff.next_delay();
                 warn!(error = %e.detail(), retry_in_ms = delay.as_millis() as u64,

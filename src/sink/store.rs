@@ -4,7 +4,6 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
-use tokio_postgres::NoTls;
 
 use super::batch::{rfc3339_millis, Batch};
 use crate::db;
@@ -49,6 +48,16 @@ impl StoreError {
             source = e.source();
         }
         text
+    }
+
+    /// A refused login or failed certificate check, which no retry fixes.
+    pub fn access_failure(&self) -> Option<String> {
+        match self {
+            StoreError::Postgres(e)
+            | StoreError::Pool(deadpool_postgres::PoolError::Backend(e)) => db::access_failure(e),
+            StoreError::Migrate(db::DbError::Postgres(e)) => db::access_failure(e),
+            _ => None,
+        }
     }
 
     /// The SQLSTATE of a server error, for the logs.
@@ -177,10 +186,14 @@ fn discard(client: Object) {
 
 impl Store {
     /// A store for `group`'s position in `topic`. Connects lazily.
-    pub fn new(url: &str, group: &str, topic: &str) -> Result<Self, super::SinkError> {
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e: tokio_postgres::Error| super::SinkError::DatabaseUrl(e.to_string()))?;
+    pub fn new(
+        url: &str,
+        security: &crate::security::Security,
+        group: &str,
+        topic: &str,
+    ) -> Result<Self, super::SinkError> {
+        let (mut pg, tls, _) = db::tls::connection(url, security)
+            .map_err(|e| super::SinkError::DatabaseUrl(e.to_string()))?;
         if pg.get_connect_timeout().is_none() {
             pg.connect_timeout(Duration::from_secs(10));
         }
@@ -190,7 +203,7 @@ impl Store {
         pg.keepalives_idle(Duration::from_secs(30));
         let manager = Manager::from_config(
             pg,
-            NoTls,
+            tls,
             ManagerConfig {
                 recycling_method: RecyclingMethod::Fast,
             },

@@ -94,7 +94,14 @@ pub fn config(prefix: &str, extra: &[&str]) -> Config {
 }
 
 pub fn codec() -> Arc<Codec> {
-    let registry = RegistryClient::new(&registry_url()).expect("registry client");
+    // The registry's CA and credentials come from the same ORDER_SAGA_* variables as the
+    // program's, so these helpers work against a secured registry too.
+    let auth = TestCli::try_parse_from(["test"])
+        .map(|c| c.config.security)
+        .unwrap_or_default()
+        .registry_auth()
+        .expect("registry CA, password or token file");
+    let registry = RegistryClient::secured(&registry_url(), &auth).expect("registry client");
     Arc::new(Codec::new(registry).expect("codec"))
 }
 

@@ -58,8 +58,7 @@ fn utc_now() -> String {
 }
 
 async fn delete_topics(config: &Config, prefixes: &[String]) {
-    let mut c = rdkafka::ClientConfig::new();
-    c.set("bootstrap.servers", &config.bootstrap);
+    let c = order_saga::kafka::clients::admin(config, "order-saga-bench-admin");
     let Ok(admin) = c.create::<AdminClient<DefaultClientContext>>() else {
         return;
     };

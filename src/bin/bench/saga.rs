@@ -534,7 +534,12 @@ async fn sink_phase(
     config.sink_group = format!("{}pg-sink", config.topic_prefix);
     config.instance_id = "sink".into();
     let topic = config.topics().name(topics::ORDER_STATUS);
-    let mut pg = order_saga::db::connect(&config.database_url, Duration::from_secs(30)).await?;
+    let mut pg = order_saga::db::connect_secured(
+        &config.database_url,
+        &config.security,
+        Duration::from_secs(30),
+    )
+    .await?;
     // The sink applies them too, but the bench reads sink_offsets before it has.
     order_saga::db::migrate(&mut pg)
         .await
