@@ -20,11 +20,13 @@
 //!   main job, tests and benchmarks.
 //! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
 //!   [`retry`]: backoff.
+//! - [`health`]: heartbeat files and the `order-saga health` probe.
 
 pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod db;
+pub mod health;
 pub mod kafka;
 pub mod load;
 pub mod processor;

@@ -86,6 +86,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Runtime on which the codec's registry look-ups run.
     pub runtime: tokio::runtime::Handle,
+    /// Written on every loop iteration, for `order-saga health`.
+    pub heartbeat: Arc<crate::health::Heartbeat>,
 }
 
 /// Runs the processor until `shutdown` completes, then drains and returns.
@@ -242,6 +244,9 @@ impl Loop {
             if self.lifecycle == Lifecycle::Running && self.stop.load(Ordering::SeqCst) {
                 self.set_lifecycle(Lifecycle::Draining);
             }
+            let ready = self.lifecycle == Lifecycle::Running && self.unrestored.is_empty();
+            let lifecycle = format!("{:?}", self.lifecycle).to_lowercase();
+            self.ctx.heartbeat.beat(&lifecycle, ready);
             let outcome = match self.lifecycle {
                 Lifecycle::Running => self.cycle(interval),
                 Lifecycle::Draining => {

@@ -90,6 +90,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::contracts::{Codec, CodecError, OrderStatusRecord};
+use crate::health::Heartbeat;
 use crate::kafka::{self, clients, ErrorClass};
 use crate::retry::Backoff;
 use crate::topics;
@@ -145,9 +146,12 @@ pub async fn run(
     let mut shutdown = std::pin::pin!(shutdown);
     let topic = config.topics().name(topics::ORDER_STATUS);
     let store = Store::new(&config.database_url, &config.sink_group, &topic)?;
+    let heartbeat = Heartbeat::new(config.heartbeat_path(), "sink");
 
     let mut backoff = db_backoff();
     loop {
+        // Waiting for PostgreSQL is progress of a kind: a restart would not bring it back.
+        heartbeat.beat("starting", false);
         match store.migrate().await {
             Ok(_) => break,
             Err(e) => {
@@ -190,6 +194,7 @@ pub async fn run(
         logged: Counters::default(),
         stats_every: Duration::from_secs(config.stats_interval_s),
         next_stats: Instant::now() + Duration::from_secs(config.stats_interval_s),
+        heartbeat,
     };
     let result = sink.run(shutdown).await;
     sink.log_progress(true);
@@ -263,6 +268,8 @@ struct Sink<'c> {
     logged: Counters,
     stats_every: Duration,
     next_stats: Instant,
+    /// Beaten every loop iteration; the loop wakes at least once a second.
+    heartbeat: Heartbeat,
 }
 
 impl Sink<'_> {
@@ -274,6 +281,8 @@ impl Sink<'_> {
         loop {
             self.apply_changes();
             self.service().await;
+            let ready = !self.db_down && self.parts.values().all(|p| p.phase == Phase::Active);
+            self.heartbeat.beat("running", ready);
             if Instant::now() >= self.next_stats {
                 self.log_progress(false);
             }
@@ -300,7 +309,9 @@ impl Sink<'_> {
                 self.on_record(r).await?;
             }
         }
+        self.heartbeat.beat("draining", false);
         self.drain().await;
+        self.heartbeat.beat("stopped", false);
         Ok(())
     }
 
