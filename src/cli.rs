@@ -10,6 +10,7 @@ use tracing::info;
 use crate::config::Config;
 use crate::contracts::registry::{self, RegistryClient};
 use crate::contracts::Codec;
+use crate::health::Heartbeat;
 use crate::processor::{self, metrics::Metrics};
 use crate::telemetry::Telemetry;
 use crate::{db, kafka, load, report, simulate, sink};
@@ -80,6 +81,9 @@ pub async fn run(
     } else {
         None
     };
+    let heartbeat = Arc::new(Heartbeat::new(config.heartbeat_path(), "processor"));
+    // Beats resume once the loop runs; until then a startup probe gives it time.
+    heartbeat.beat("starting", false);
     let ctx = processor::Context {
         policy: config.policy(),
         config,
@@ -87,6 +91,7 @@ pub async fn run(
         metrics: Arc::new(Metrics::default()),
         telemetry: telemetry.clone(),
         runtime: tokio::runtime::Handle::current(),
+        heartbeat,
     };
     let mut rx2 = rx.clone();
     let processor = processor::run(ctx, async move {

@@ -228,6 +228,26 @@ pub struct Config {
     /// TLS, SASL and credentials of every connection.
     #[command(flatten)]
     pub security: crate::security::Security,
+    /// Base path of the heartbeat files read by `order-saga health`: each component
+    /// writes `<path>.<component>` (processor, sink). Empty: no heartbeat.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_HEARTBEAT_FILE",
+        default_value = "",
+        global = true
+    )]
+    pub heartbeat_file: String,
+
+    /// Static group membership: the processor's consumer sets `group.instance.id` to the
+    /// transactional id, so a restart that is back within the session timeout keeps its
+    /// partitions without a rebalance.
+    #[arg(
+        long,
+        env = "ORDER_SAGA_STATIC_MEMBERSHIP",
+        default_value_t = false,
+        global = true
+    )]
+    pub static_membership: bool,
 }
 
 fn err(key: &'static str, env: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
@@ -459,10 +479,20 @@ impl Config {
                 self.metrics_interval_ms.to_string(),
             ),
             ("ORDER_SAGA_STUCK_AFTER_MS", self.stuck_after_ms.to_string()),
+            ("ORDER_SAGA_HEARTBEAT_FILE", self.heartbeat_file.clone()),
+            (
+                "ORDER_SAGA_STATIC_MEMBERSHIP",
+                self.static_membership.to_string(),
+            ),
         ]
         .into_iter()
         .chain(self.security.env_vars())
         .collect()
+    }
+
+    /// The heartbeat base path, if heartbeats are on.
+    pub fn heartbeat_path(&self) -> Option<std::path::PathBuf> {
+        (!self.heartbeat_file.is_empty()).then(|| std::path::PathBuf::from(&self.heartbeat_file))
     }
 
     /// The topic names of this deployment.
@@ -576,6 +606,18 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.key, "--database-url");
         assert!(!e.to_string().contains("secret"), "{e}");
+    }
+
+    #[test]
+    fn static_membership_is_off_by_default_and_set_by_flag() {
+        assert!(!parse(&[]).static_membership);
+        assert!(parse(&["--static-membership"]).static_membership);
+        // Child processes get every setting as a variable, "false" included; it must
+        // parse as false. Only "false" is set: it is the default other tests expect.
+        std::env::set_var("ORDER_SAGA_STATIC_MEMBERSHIP", "false");
+        let from_env = parse(&[]).static_membership;
+        std::env::remove_var("ORDER_SAGA_STATIC_MEMBERSHIP");
+        assert!(!from_env);
     }
 
     #[test]

@@ -23,12 +23,14 @@
 //! - [`cli`]: the commands of the binary; [`signals`]: shutdown on SIGTERM/SIGINT;
 //!   [`retry`]: backoff.
 //! - [`security`]: TLS, SASL and credentials of every connection; redaction of secrets.
+//! - [`health`]: heartbeat files and the `order-saga health` probe.
 
 pub mod cli;
 pub mod config;
 pub mod contracts;
 pub mod db;
 pub mod explain;
+pub mod health;
 pub mod kafka;
 pub mod load;
 pub mod processor;

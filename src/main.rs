@@ -58,6 +58,9 @@ enum Command {
     Report(cli::ReportArgs),
     /// Tell one order's story from Kafka alone: statuses, commands, results, dead letters.
     Explain(cli::ExplainArgs),
+    /// Exit 0 if the heartbeat files of --heartbeat-file are fresh (and, with --readiness,
+    /// ready), else 1; one line on stdout says why. For Kubernetes exec probes.
+    Health(order_saga::health::HealthArgs),
 }
 
 #[derive(Subcommand)]
@@ -82,8 +85,24 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// `order-saga health`: the verdict on stdout, and 0 or 1.
+fn health(config: &Config, args: &order_saga::health::HealthArgs) -> ExitCode {
+    let (healthy, line) = order_saga::health::check(config.heartbeat_path().as_deref(), args);
+    println!("{line}");
+    if healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // A probe depends only on the heartbeat files, not on the rest of the settings, and
+    // prints nothing but its verdict.
+    if let Command::Health(args) = &cli.command {
+        return health(&cli.config, args);
+    }
     if let Err(e) = cli.config.validate() {
         eprintln!("order-saga: {e}");
         return ExitCode::from(2);
@@ -155,6 +174,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
                 return Ok(ExitCode::FAILURE);
             }
         }
+        Command::Health(args) => return Ok(health(&config, &args)),
     }
     info!("done");
     Ok(ExitCode::SUCCESS)

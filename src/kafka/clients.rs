@@ -72,8 +72,19 @@ pub fn read_committed_consumer(config: &Config, group: &str, client_id: &str) ->
         .set("session.timeout.ms", "10000")
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000");
+    // Static membership concerns the processor's group only: its transactional id is
+    // unique per replica, while other groups (sink, simulator) may share an instance id.
+    if config.static_membership && group == config.application_id {
+        c.set("group.instance.id", config.transactional_id())
+            // A pod that restarts is usually back within this; a dead one holds its
+            // partitions that long before the group moves them.
+            .set("session.timeout.ms", STATIC_SESSION_TIMEOUT_MS);
+    }
     c
 }
+
+/// Session timeout of a static member of the processor's group.
+pub const STATIC_SESSION_TIMEOUT_MS: &str = "30000";
 
 /// A consumer with no group that reads assigned partitions (state restore, tests).
 pub fn assigned_reader(config: &Config, client_id: &str) -> ClientConfig {
@@ -111,3 +122,49 @@ impl rdkafka::ClientContext for EofAwareContext {
 }
 
 impl rdkafka::consumer::ConsumerContext for EofAwareContext {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: Config,
+    }
+
+    fn config(args: &[&str]) -> Config {
+        let mut all = vec![
+            "order-saga",
+            "--application-id",
+            "order",
+            "--instance-id",
+            "order-saga-1",
+        ];
+        all.extend_from_slice(args);
+        Cli::try_parse_from(all).unwrap().config
+    }
+
+    #[test]
+    fn static_membership_gives_the_processor_consumer_its_transactional_id() {
+        let c = config(&["--static-membership"]);
+        let consumer = read_committed_consumer(&c, "order", "x");
+        assert_eq!(
+            consumer.get("group.instance.id"),
+            Some("order-order-saga-1")
+        );
+        assert_eq!(
+            consumer.get("session.timeout.ms"),
+            Some(STATIC_SESSION_TIMEOUT_MS)
+        );
+        let sink = read_committed_consumer(&c, "order-pg-sink", "x");
+        assert_eq!(sink.get("group.instance.id"), None);
+    }
+
+    #[test]
+    fn without_static_membership_the_consumer_is_dynamic() {
+        let consumer = read_committed_consumer(&config(&[]), "order", "x");
+        assert_eq!(consumer.get("group.instance.id"), None);
+    }
+}

@@ -103,6 +103,16 @@ enum Lifecycle {
     Stopped,
 }
 
+impl Lifecycle {
+    fn as_str(self) -> &'static str {
+        match self {
+            Lifecycle::Running => "running",
+            Lifecycle::Draining => "draining",
+            Lifecycle::Stopped => "stopped",
+        }
+    }
+}
+
 type TxnConsumer = BaseConsumer<RebalanceTracker>;
 type TxnProducer = ThreadedProducer<DefaultProducerContext>;
 
@@ -115,6 +125,8 @@ pub struct Context {
     /// Runtime on which the codec's registry look-ups run.
     pub runtime: tokio::runtime::Handle,
     pub telemetry: crate::telemetry::Telemetry,
+    /// Written on every loop iteration, for `order-saga health`.
+    pub heartbeat: Arc<crate::health::Heartbeat>,
 }
 
 /// Runs the processor until `shutdown` completes, then drains and returns.
@@ -282,6 +294,8 @@ impl Loop {
             if self.lifecycle == Lifecycle::Running && self.stop.load(Ordering::SeqCst) {
                 self.set_lifecycle(Lifecycle::Draining);
             }
+            let ready = self.lifecycle == Lifecycle::Running && self.unrestored.is_empty();
+            self.ctx.heartbeat.beat(self.lifecycle.as_str(), ready);
             let outcome = match self.lifecycle {
                 Lifecycle::Running => self.step(),
                 Lifecycle::Draining => {

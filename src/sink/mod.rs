@@ -90,6 +90,7 @@ use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::contracts::{Codec, CodecError, OrderStatusRecord};
+use crate::health::Heartbeat;
 use crate::kafka::{self, clients, ErrorClass};
 use crate::retry::Backoff;
 use crate::telemetry::Telemetry;
@@ -165,9 +166,12 @@ pub async fn run_with(
         &config.sink_group,
         &topic,
     )?;
+    let heartbeat = Heartbeat::new(config.heartbeat_path(), "sink");
 
     let mut backoff = db_backoff();
     loop {
+        // Waiting for PostgreSQL is progress of a kind: a restart would not bring it back.
+        heartbeat.beat("starting", false);
         match store.migrate().await {
             Ok(_) => break,
             Err(e) if e.access_failure().is_some() => {
@@ -216,6 +220,7 @@ pub async fn run_with(
         stats_every: Duration::from_secs(config.stats_interval_s),
         next_stats: Instant::now() + Duration::from_secs(config.stats_interval_s),
         telemetry,
+        heartbeat,
     };
     let result = sink.run(shutdown).await;
     sink.log_progress(true);
@@ -290,6 +295,8 @@ struct Sink<'c> {
     stats_every: Duration,
     next_stats: Instant,
     telemetry: Telemetry,
+    /// Beaten every loop iteration; the loop wakes at least once a second.
+    heartbeat: Heartbeat,
 }
 
 impl Sink<'_> {
@@ -301,6 +308,8 @@ impl Sink<'_> {
         loop {
             self.apply_changes();
             self.service().await;
+            let ready = !self.db_down && self.parts.values().all(|p| p.phase == Phase::Active);
+            self.heartbeat.beat("running", ready);
             if Instant::now() >= self.next_stats {
                 self.log_progress(false);
             }
@@ -327,7 +336,9 @@ impl Sink<'_> {
                 self.on_record(r).await?;
             }
         }
+        self.heartbeat.beat("draining", false);
         self.drain().await;
+        self.heartbeat.beat("stopped", false);
         Ok(())
     }
 
