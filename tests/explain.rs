@@ -211,7 +211,8 @@ async fn explain_scans_every_partition_for_an_order_produced_with_another_partit
     create_topics(&config).await;
     let codec = codec();
     let producer = producer(&config);
-    let _processor = spawn(&config, "p0", &["run", "--no-sink"]);
+    // No processor runs: it would re-route the create to its key's partition (see
+    // tests/ordering.rs), and this test is about finding a record where it was written.
     let o = order(7);
     let hashed = partition_of(o.order_id.as_bytes(), PARTITIONS);
     let elsewhere = (hashed + 1) % PARTITIONS;
@@ -231,21 +232,15 @@ async fn explain_scans_every_partition_for_an_order_produced_with_another_partit
         .await
         .map_err(|(e, _)| e)
         .expect("produce");
-    let ids = vec![o.order_id.clone()];
-    // No downstream service answers: the order waits in CREATED.
-    wait_for_states(&config, &codec, &ids, WAIT, |s| s.status == Status::Created).await;
-
     let (json, code) = explain_json(&config, &o.order_id);
     assert_eq!(code, 0, "{json:#}");
     assert_eq!(json["scanned_all_partitions"], true);
     assert_eq!(json["hashed_partition"], hashed);
-    assert_eq!(json["status"], "CREATED");
+    assert!(json["status"].is_null(), "{json:#}");
     let create = entries(&json, "create");
     assert_eq!(create.len(), 1);
     assert_eq!(create[0].1["partition"], elsewhere);
-    let commands = entries(&json, "command");
-    assert_eq!(commands.len(), 1);
-    assert_eq!(commands[0].1["action"], "RESERVE");
+    assert!(entries(&json, "command").is_empty());
 
     // An id nobody produced: nothing found, exit code 1.
     let (json, code) = explain_json(&config, &uuid::Uuid::new_v4().to_string());
