@@ -11,10 +11,11 @@
 //! stopped
 //! ```
 //!
-//! A transaction is committed as soon as the input is drained, or when it reaches the
-//! commit interval or [`MAX_BATCH`] records, whichever comes first, so a quiet system
-//! answers in one commit's time and a busy one batches. No transaction is opened while
-//! there is nothing to do.
+//! A transaction is committed as soon as the input is drained, or when it has gathered
+//! for as long as the previous commit took, or reaches the commit interval or
+//! [`MAX_BATCH`] records, whichever comes first, so a quiet system answers in one
+//! commit's time and a busy one batches. No transaction is opened while there is nothing
+//! to do.
 //!
 //! State changes go to an overlay per partition ([`store::PartitionStore`]) and become
 //! permanent only when their transaction commits. An abort drops the overlay and seeks
@@ -64,6 +65,9 @@ use txn::Txn;
 
 /// Records one transaction decides at most before it commits.
 pub const MAX_BATCH: usize = 5_000;
+
+/// The shortest time a batch gathers records before it commits.
+const MIN_LINGER: Duration = Duration::from_millis(2);
 
 /// How often settled orders past their retention are evicted from memory.
 const EVICT_EVERY: Duration = Duration::from_secs(1);
@@ -197,6 +201,8 @@ struct Loop {
     last_evict: Instant,
     /// Partitions of every input topic (they are checked to share one count).
     partitions: i32,
+    /// How long the last commit took: how long the next batch may gather.
+    last_commit: Duration,
     /// Topics on which a record was re-routed to its key's partition (logged once each).
     rerouted_topics: HashSet<String>,
 }
@@ -275,6 +281,7 @@ impl Loop {
             lifecycle: Lifecycle::Running,
             last_evict: Instant::now(),
             partitions,
+            last_commit: Duration::ZERO,
             rerouted_topics: HashSet::new(),
         })
     }
@@ -345,7 +352,15 @@ impl Loop {
             self.restore_pending()?;
         }
         self.inputs.fill()?;
-        let interval = self.ctx.config.commit_interval();
+        // Gather for about as long as the last commit took, within the commit interval:
+        // a quiet system commits within milliseconds of a record's arrival, and a busy
+        // one, whose commits take longer, batches more and spends at most about half its
+        // time committing.
+        let interval = self
+            .ctx
+            .config
+            .commit_interval()
+            .min(self.last_commit.max(MIN_LINGER));
         let started = Instant::now();
         let mut handled = 0usize;
         let mut wait_until: Option<Instant> = None;

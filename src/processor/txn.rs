@@ -91,6 +91,7 @@ impl Loop {
             self.producer.commit_transaction(left)
         })?;
         self.ctx.telemetry.on_commit(started.elapsed());
+        self.last_commit = started.elapsed();
         let now = now_millis();
         for store in self.stores.values_mut() {
             store.commit(now);
