@@ -302,14 +302,19 @@ fn poll_lane(lane: &mut Lane) -> Result<(), KafkaError> {
     let Some(queue) = lane.queue.as_ref() else {
         return Ok(());
     };
-    match queue.poll(Duration::ZERO) {
-        None => {}
-        Some(Ok(msg)) => {
-            lane.caught_up = false;
-            lane.buffer.push_back(msg.detach());
+    // An end-of-partition event often sits right before the next record (every record
+    // of a trickle arrives alone at the end): look past it, or the lane would yield one
+    // record per loop step.
+    loop {
+        match queue.poll(Duration::ZERO) {
+            None => return Ok(()),
+            Some(Ok(msg)) => {
+                lane.caught_up = false;
+                lane.buffer.push_back(msg.detach());
+                return Ok(());
+            }
+            Some(Err(KafkaError::PartitionEOF(_))) => lane.caught_up = true,
+            Some(Err(e)) => return Err(e),
         }
-        Some(Err(KafkaError::PartitionEOF(_))) => lane.caught_up = true,
-        Some(Err(e)) => return Err(e),
     }
-    Ok(())
 }
