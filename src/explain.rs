@@ -8,14 +8,11 @@
 //! Upstream producers may use another partitioner; when the hashed partition holds
 //! nothing for the key, every partition of every saga topic is scanned instead.
 
-use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{Headers, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
@@ -25,7 +22,7 @@ use crate::contracts::records::{
 };
 use crate::contracts::{Codec, CodecError};
 use crate::kafka::admin::{self, AdminError};
-use crate::kafka::{clients, partitioner};
+use crate::kafka::{partitioner, read};
 use crate::saga::{Millis, OrderState, Phase};
 use crate::sink::rfc3339_millis;
 use crate::topics;
@@ -190,69 +187,49 @@ fn read_topic(
     timeout: Duration,
 ) -> Result<Vec<RawRecord>, ExplainError> {
     let topic = config.topics().name(base);
-    let mut cfg = clients::assigned_reader(
+    let until = Instant::now() + timeout;
+    let mut out = Vec::new();
+    read::read_to_end(
         config,
         &format!("order-saga-explain-{}", uuid::Uuid::new_v4().simple()),
-    );
-    cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<clients::EofAwareContext> =
-        cfg.create_with_context(clients::EofAwareContext)?;
-    let mut tpl = TopicPartitionList::new();
-    let mut pending = BTreeSet::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(&topic, *p, Duration::from_secs(10))?;
-        if high > low {
-            tpl.add_partition_offset(&topic, *p, Offset::Beginning)?;
-            pending.insert(*p);
-        }
-    }
-    let mut out = Vec::new();
-    if pending.is_empty() {
-        return Ok(out);
-    }
-    consumer.assign(&tpl)?;
-    let until = Instant::now() + timeout;
-    while !pending.is_empty() {
-        if Instant::now() > until {
-            return Err(ExplainError::Timeout {
-                topic,
-                seconds: timeout.as_secs(),
+        &topic,
+        partitions.iter().copied(),
+        || {
+            if Instant::now() > until {
+                Err(ExplainError::Timeout {
+                    topic: topic.clone(),
+                    seconds: timeout.as_secs(),
+                })
+            } else {
+                Ok(())
+            }
+        },
+        |m| {
+            if m.key() != Some(key) {
+                return Ok(());
+            }
+            let headers = m
+                .headers()
+                .map(|h| {
+                    h.iter()
+                        .map(|x| {
+                            let v = x.value.map(String::from_utf8_lossy).unwrap_or_default();
+                            (x.key.to_string(), v.into_owned())
+                        })
+                        .collect()
+                })
+                .unwrap_or_default();
+            out.push(RawRecord {
+                base,
+                partition: m.partition(),
+                offset: m.offset(),
+                timestamp: m.timestamp().to_millis().unwrap_or(0),
+                payload: m.payload().map(<[u8]>::to_vec),
+                headers,
             });
-        }
-        match consumer.poll(Duration::from_millis(200)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
-            }
-            Some(Err(e)) => {
-                tracing::debug!(topic = %topic, error = %e, "transient read error");
-            }
-            Some(Ok(m)) => {
-                if m.key() != Some(key) {
-                    continue;
-                }
-                let headers = m
-                    .headers()
-                    .map(|h| {
-                        h.iter()
-                            .map(|x| {
-                                let v = x.value.map(String::from_utf8_lossy).unwrap_or_default();
-                                (x.key.to_string(), v.into_owned())
-                            })
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(RawRecord {
-                    base,
-                    partition: m.partition(),
-                    offset: m.offset(),
-                    timestamp: m.timestamp().to_millis().unwrap_or(0),
-                    payload: m.payload().map(<[u8]>::to_vec),
-                    headers,
-                });
-            }
-        }
-    }
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 

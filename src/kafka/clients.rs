@@ -110,14 +110,20 @@ pub struct EofAwareContext;
 
 impl rdkafka::ClientContext for EofAwareContext {
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(error = %error, reason, "kafka client error");
-        }
+        log_client_error(error, reason);
+    }
+}
+
+/// Logs a global client error, except the end of a partition: a consumer that asks for
+/// those gets each one as a "global error" too, and it is routine, not an error.
+pub fn log_client_error(error: rdkafka::error::KafkaError, reason: &str) {
+    use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+    let eof = matches!(
+        error,
+        KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
+    );
+    if !eof {
+        tracing::error!(error = %error, reason, "kafka client error");
     }
 }
 

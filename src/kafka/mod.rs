@@ -5,5 +5,6 @@ pub mod admin;
 pub mod classify;
 pub mod clients;
 pub mod partitioner;
+pub mod read;
 
 pub use classify::{classify, ErrorClass};

@@ -44,17 +44,9 @@ impl RebalanceTracker {
 }
 
 impl ClientContext for RebalanceTracker {
-    /// The end of a partition, which the loop asks for (`inputs`), is also reported as a
-    /// global error; it is routine, not an error, so only real errors are logged.
+    /// The loop asks for end-of-partition events (`inputs`); they are not logged.
     fn error(&self, error: rdkafka::error::KafkaError, reason: &str) {
-        use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-        let eof = matches!(
-            error,
-            KafkaError::PartitionEOF(_) | KafkaError::Global(RDKafkaErrorCode::PartitionEOF)
-        );
-        if !eof {
-            tracing::error!(error = %error, reason, "kafka client error");
-        }
+        crate::kafka::clients::log_client_error(error, reason);
     }
 }
 

@@ -7,18 +7,16 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
-use rdkafka::{Offset, TopicPartitionList};
 use thiserror::Error;
 use tracing::{info, warn};
 
 use super::store::{Entry, PartitionStore};
 use super::{now_millis, wire, Context};
-use crate::kafka::clients;
+use crate::kafka::read;
 use crate::saga::Millis;
 use crate::topics::{self, Topics};
 
@@ -140,9 +138,7 @@ pub fn restore(
     Ok(stores)
 }
 
-/// Reads `partitions` of `topic` with read_committed from the beginning to the end
-/// (librdkafka reports the end at the last stable offset), handing every record to
-/// `each`. Returns how many records were read.
+/// Reads `partitions` of `topic` to their end, stopping early on shutdown.
 fn read_to_end(
     ctx: &Context,
     topic: &str,
@@ -150,45 +146,20 @@ fn read_to_end(
     stop: &AtomicBool,
     mut each: impl FnMut(i32, &BorrowedMessage<'_>) -> Result<(), RestoreError>,
 ) -> Result<u64, RestoreError> {
-    let mut cfg = clients::assigned_reader(
+    read::read_to_end(
         &ctx.config,
         &format!("{}-restore", ctx.config.transactional_id()),
-    );
-    cfg.set("enable.partition.eof", "true");
-    let consumer: BaseConsumer<clients::EofAwareContext> =
-        cfg.create_with_context(clients::EofAwareContext)?;
-    let mut pending: BTreeSet<i32> = BTreeSet::new();
-    let mut tpl = TopicPartitionList::new();
-    for p in partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, *p, Duration::from_secs(30))?;
-        if high > low {
-            tpl.add_partition_offset(topic, *p, Offset::Beginning)?;
-            pending.insert(*p);
-        }
-    }
-    if !pending.is_empty() {
-        consumer.assign(&tpl)?;
-    }
-    let mut records = 0u64;
-    while !pending.is_empty() {
-        if stop.load(Ordering::SeqCst) {
-            return Err(RestoreError::Interrupted);
-        }
-        match consumer.poll(Duration::from_millis(500)) {
-            None => {}
-            Some(Err(KafkaError::PartitionEOF(p))) => {
-                pending.remove(&p);
+        topic,
+        partitions.iter().copied(),
+        || {
+            if stop.load(Ordering::SeqCst) {
+                Err(RestoreError::Interrupted)
+            } else {
+                Ok(())
             }
-            Some(Err(e)) => {
-                warn!(topic, error = %e, "error while restoring; continuing");
-            }
-            Some(Ok(msg)) => {
-                records += 1;
-                each(msg.partition(), &msg)?;
-            }
-        }
-    }
-    Ok(records)
+        },
+        |msg| each(msg.partition(), msg),
+    )
 }
 
 /// Gives memory freed by the restore back to the operating system.

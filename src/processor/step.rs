@@ -52,7 +52,7 @@ impl Loop {
         if owner != partition && msg.headers().is_none_or(|h| !was_rerouted(h)) {
             return self.reroute(msg, owner);
         }
-        let Ok(key) = std::str::from_utf8(key).map(str::to_string) else {
+        let Ok(key) = std::str::from_utf8(key) else {
             return self.dead_letter(msg, "invalid_key", "key is not UTF-8");
         };
         let Some(payload) = msg.payload() else {
@@ -69,7 +69,7 @@ impl Loop {
                 Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
                 Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
             };
-        if wire::event_order_id(&event) != Some(key.as_str()) {
+        if wire::event_order_id(&event) != Some(key) {
             return self.dead_letter(
                 msg,
                 "key_mismatch",
@@ -85,7 +85,7 @@ impl Loop {
                 "record of partition {partition}, whose state is not here"
             )));
         };
-        let outcome = match store.get(&key) {
+        let outcome = match store.get(key) {
             Some(Entry::Order(state)) => {
                 let decision = self.ctx.policy.decide(Some(state.as_ref()), &event, now);
                 self.settle(partition, msg, decision)
@@ -106,7 +106,7 @@ impl Loop {
                     .ctx
                     .policy
                     .decide_early(early, &event, timestamp, origin, now);
-                self.settle_early(partition, &key, Some(msg), had_early, decision)
+                self.settle_early(partition, key, Some(msg), had_early, decision)
             }
         };
         match outcome {

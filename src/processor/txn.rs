@@ -10,7 +10,6 @@
 //! This module owns the transaction's bookkeeping (offsets consumed, records produced)
 //! and the consumer's position after an abort. It decides nothing about orders.
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
@@ -24,26 +23,42 @@ use super::{now_millis, Loop, ProcessorError, StepError};
 use crate::kafka::{classify, ErrorClass};
 use crate::retry::Backoff;
 
-/// One input record's place, for offsets and rewinds.
-pub type TopicPartition = (String, i32);
+/// What one transaction consumed from one input partition.
+pub struct Consumed {
+    pub topic: String,
+    pub partition: i32,
+    /// Offset of the first record decided: where an abort rewinds to.
+    pub first: i64,
+    /// Offset after the last record decided: what the commit stores.
+    pub next: i64,
+}
 
 /// The state of the open transaction.
 #[derive(Default)]
 pub struct Txn {
     pub open: bool,
-    /// Offset of the first record decided per partition: where an abort rewinds to.
-    pub first_offsets: HashMap<TopicPartition, i64>,
-    /// Offset after the last record decided per partition: what the commit stores.
-    pub next_offsets: HashMap<TopicPartition, i64>,
+    /// One entry per input partition read, at most one per lane: a short list searched
+    /// in place, so noting a record allocates nothing once its partition is listed.
+    pub consumed: Vec<Consumed>,
     pub records_out: u64,
 }
 
 impl Txn {
     /// Notes that the record at `offset` was decided in this transaction.
     pub fn consumed(&mut self, topic: &str, partition: i32, offset: i64) {
-        let tp = (topic.to_string(), partition);
-        self.first_offsets.entry(tp.clone()).or_insert(offset);
-        self.next_offsets.insert(tp, offset + 1);
+        match self
+            .consumed
+            .iter_mut()
+            .find(|c| c.partition == partition && c.topic == topic)
+        {
+            Some(c) => c.next = offset + 1,
+            None => self.consumed.push(Consumed {
+                topic: topic.to_string(),
+                partition,
+                first: offset,
+                next: offset + 1,
+            }),
+        }
     }
 }
 
@@ -70,8 +85,8 @@ impl Loop {
         let started = Instant::now();
         let budget = self.budget();
         let mut offsets = TopicPartitionList::new();
-        for ((topic, partition), next) in &self.txn.next_offsets {
-            offsets.add_partition_offset(topic, *partition, Offset::Offset(*next))?;
+        for c in &self.txn.consumed {
+            offsets.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next))?;
         }
         if offsets.count() > 0 {
             let Some(group) = self.consumer.group_metadata() else {
@@ -124,7 +139,7 @@ impl Loop {
     /// partition back to the first record not committed: those decided in the aborted
     /// transaction and those buffered but not yet decided.
     pub(super) fn abort_and_rewind(&mut self) -> Result<(), ProcessorError> {
-        let first_offsets = std::mem::take(&mut self.txn.first_offsets);
+        let consumed = std::mem::take(&mut self.txn.consumed);
         let txn_id = self.ctx.config.transactional_id();
         match self.abort_only() {
             Ok(()) => {}
@@ -140,11 +155,11 @@ impl Loop {
             }
         }
         let mut rewind = self.inputs.drain_buffers();
-        for (tp, first) in first_offsets {
+        for c in consumed {
             rewind
-                .entry(tp)
-                .and_modify(|o| *o = (*o).min(first))
-                .or_insert(first);
+                .entry((c.topic, c.partition))
+                .and_modify(|o| *o = (*o).min(c.first))
+                .or_insert(c.first);
         }
         let assignment = self.consumer.assignment()?;
         for ((topic, partition), first) in rewind {
