@@ -4,6 +4,8 @@
 //!
 //! Phases, each on topics of its own random prefix:
 //!
+//! 0. **txn**: bare transactions (one small record to each of 2 × partitions partitions,
+//!    offsets, commit) back to back: the floor of one hop on this broker.
 //! 1. **copier**: a raw transactional copier (rdkafka only, no decoding) that consumes and
 //!    produces as many records per order as the saga, with the same client settings and
 //!    commit interval: the limit of this broker for this workload.
@@ -43,9 +45,19 @@ mod run;
 mod saga;
 #[path = "bench/status.rs"]
 mod status;
+#[path = "bench/txn.rs"]
+mod txn;
 
 #[tokio::main]
 async fn main() -> ExitCode {
+    // Off unless RUST_LOG asks: the bench's own output is its progress lines on stdout.
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("off")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let cli = args::Cli::parse();
     if let Err(e) = cli.config.validate() {
         eprintln!("bench: {e}");

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod classify;
 pub mod clients;
+pub mod flush;
 pub mod partitioner;
 pub mod read;
 

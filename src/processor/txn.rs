@@ -20,6 +20,7 @@ use tracing::{error, warn};
 
 use super::metrics::Metrics;
 use super::{now_millis, Loop, ProcessorError, StepError};
+use crate::kafka::flush::flush;
 use crate::kafka::{classify, ErrorClass};
 use crate::retry::Backoff;
 
@@ -102,7 +103,9 @@ impl Loop {
                 other => other,
             })?;
         }
+        // Flushed here first: see `kafka::flush` for why the commit's own flush is slow.
         retrying(budget, started, |left| {
+            flush(&self.producer, left)?;
             self.producer.commit_transaction(left)
         })?;
         self.ctx.telemetry.on_commit(started.elapsed());

@@ -23,6 +23,8 @@ pub struct Cli {
 /// One part of the benchmark.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
 pub enum Phase {
+    /// Bare transactions back to back: the floor of one hop.
+    Txn,
     /// The raw transactional copier: the limit.
     Copier,
     /// The processor with instant simulated services: throughput and latency.
@@ -65,13 +67,17 @@ pub struct BenchArgs {
     #[arg(long, env = "BENCH_RESTORE_IN_FLIGHT_SHARE", default_value_t = 0.02)]
     pub restore_in_flight_share: f64,
 
+    /// Transactions of the commit floor measurement.
+    #[arg(long, env = "BENCH_TXN_COUNT", default_value_t = 200)]
+    pub txn_count: u64,
+
     /// Partitions of every topic of a run.
     #[arg(long, env = "BENCH_PARTITIONS", default_value_t = 6)]
     pub partitions: i32,
 
     /// Phases to run, comma-separated; default all.
     #[arg(long, env = "BENCH_PHASES", value_enum, value_delimiter = ',',
-          default_values_t = [Phase::Copier, Phase::Saga, Phase::Sink, Phase::Restore])]
+          default_values_t = [Phase::Txn, Phase::Copier, Phase::Saga, Phase::Sink, Phase::Restore])]
     pub phases: Vec<Phase>,
 
     /// Where results go (`latest.json`, `latest.md`, `latest.png`, logs).

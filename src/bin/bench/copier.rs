@@ -26,6 +26,7 @@ use serde::Serialize;
 
 use order_saga::config::Config;
 use order_saga::contracts::Codec;
+use order_saga::kafka::flush::flush;
 use order_saga::kafka::{classify, clients, ErrorClass};
 use order_saga::load::{now_millis, Rng};
 use order_saga::saga::Policy;
@@ -219,6 +220,8 @@ pub fn copy(
             producer
                 .send_offsets_to_transaction(&tpl, &group, Duration::from_secs(10))
                 .context("send_offsets_to_transaction")?;
+            // As the processor does: see `kafka::flush`.
+            flush(&producer, Duration::from_secs(30)).context("flush")?;
             producer
                 .commit_transaction(Duration::from_secs(30))
                 .context("commit_transaction")?;

@@ -7,6 +7,7 @@ use serde::Serialize;
 use crate::copier::CopierResult;
 use crate::restore::{RestoreResult, FLAT_PER_ORDER_KIB, FLAT_SLACK_MIB};
 use crate::saga::SagaResult;
+use crate::txn::TxnResult;
 
 pub const AT_LEAST_ONCE: &str =
     "not measured: order-saga has no at-least-once mode (exactly-once transactions only)";
@@ -41,6 +42,7 @@ pub struct Target {
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Results {
     pub conditions: Conditions,
+    pub txn: Option<TxnResult>,
     pub copier: Option<CopierResult>,
     pub saga: Option<SagaResult>,
     /// Processor records/s ÷ copier records/s.

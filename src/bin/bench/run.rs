@@ -18,6 +18,7 @@ use crate::procfs;
 use crate::report::{Conditions, Results, AT_LEAST_ONCE};
 use crate::restore;
 use crate::saga;
+use crate::txn;
 
 /// The configuration of one phase: its own topics, group and transactional id.
 fn phase_config(base: &Config, prefix: &str, app: &str) -> Config {
@@ -124,6 +125,18 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
     );
     let mut prefixes = Vec::new();
 
+    if args.runs(Phase::Txn) {
+        let prefix = format!("{base}txn-");
+        let cfg = phase_config(&config, &prefix, "txn");
+        prefixes.push(prefix);
+        match run_txn(&cfg, &args).await {
+            Ok(r) => results.txn = Some(r),
+            Err(e) => {
+                println!("[txn] failed: {e:#}");
+                results.errors.push(format!("txn: {e:#}"));
+            }
+        }
+    }
     if args.runs(Phase::Copier) {
         let prefix = format!("{base}copy-");
         prefixes.push(prefix.clone());
@@ -186,6 +199,34 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         bail!("{} phase(s) failed; see above", results.errors.len());
     }
     Ok(())
+}
+
+async fn run_txn(cfg: &Config, args: &BenchArgs) -> anyhow::Result<txn::TxnResult> {
+    let names = txn::topics(cfg);
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    order_saga::kafka::admin::create_topics(cfg, &refs, args.partitions)
+        .await
+        .context("creating topics")?;
+    println!(
+        "[txn] {} transactions, each writing to {} partitions",
+        args.txn_count,
+        args.partitions * 2
+    );
+    let (c, partitions, count) = (cfg.clone(), args.partitions, args.txn_count);
+    let r = tokio::task::spawn_blocking(move || txn::run(&c, partitions, count))
+        .await
+        .context("txn thread")??;
+    println!(
+        "[txn]   whole transaction p50 {:.1} ms, p99 {:.1} ms; send offsets p50 {:.1} ms, \
+         p99 {:.1} ms; commit p50 {:.1} ms, p99 {:.1} ms",
+        r.hop_ms.p50,
+        r.hop_ms.p99,
+        r.send_offsets_ms.p50,
+        r.send_offsets_ms.p99,
+        r.commit_ms.p50,
+        r.commit_ms.p99
+    );
+    Ok(r)
 }
 
 async fn run_copier(
