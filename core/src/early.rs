@@ -275,7 +275,7 @@ impl Policy {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-    use crate::saga::{command_id, Action, Outcome};
+    use crate::{command_id, Action, Outcome};
 
     fn hold(policy: &Policy, early: Option<&Early>, event: &Event, ts: Millis) -> Early {
         match policy.decide_early(early, event, ts, None, T0) {
