@@ -7,7 +7,7 @@
 //! customer's cancel, so an event for an order with no state is **held** in an
 //! [`Early`] entry, which the processor keeps and restores like any order state.
 //!
-//! - When the create arrives, [`Policy::release`] decides the create and then every held
+//! - When the create arrives, `Policy::release` decides the create and then every held
 //!   event in timestamp order. A held cancel means the customer canceled before any
 //!   command could have been sent, so the order is created `CANCELED` with no command.
 //! - A held event whose create has not arrived within the grace period
