@@ -9,13 +9,17 @@ ARG RUST_VERSION=1.95
 FROM docker.io/library/rust:${RUST_VERSION}-bookworm AS build
 # rdkafka-sys compiles librdkafka from source: the image's gcc, make and perl suffice.
 WORKDIR /src
+# Every member's manifest and sources: cargo loads the whole workspace even to build one
+# package. Only the service, -p order-saga, is built and shipped.
 COPY Cargo.toml Cargo.lock ./
 COPY src ./src
+COPY core ./core
+COPY tools ./tools
 COPY migrations ./migrations
 COPY schemas ./schemas
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin order-saga \
+    cargo build --release --locked -p order-saga --bin order-saga \
  && install -D -m 0755 target/release/order-saga /out/order-saga \
  && strip --strip-debug /out/order-saga
 

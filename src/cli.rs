@@ -1,34 +1,279 @@
-//! The commands of the `order-saga` binary, each taking its dependencies as arguments.
+//! The commands of the `order-saga` binary: each one's flags, and the work it does with
+//! them. A command flattens only the configuration groups it reads (see
+//! [`crate::config`]), so its `--help` is its own; the groups it does not take keep their
+//! defaults in the [`Config`] it builds.
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context as _};
+use clap::Args;
+use thiserror::Error;
 use tracing::info;
 
-use crate::config::Config;
-use crate::contracts::registry::{self, RegistryClient};
-use crate::contracts::Codec;
-use crate::health::Heartbeat;
-use crate::processor::{self, metrics::Metrics};
-use crate::telemetry::Telemetry;
-use crate::{db, kafka, load, report, simulate, sink};
+use crate::config::{
+    Config, ConfigArgs, DatabaseArgs, HeartbeatArgs, InstanceArgs, KafkaArgs, LogArgs,
+    RegistryArgs, SinkArgs, StatsArgs, TelemetryArgs,
+};
+use crate::contracts::registry::{self, RegistryClient, RegistryError};
+use crate::contracts::{Codec, CodecError};
+use crate::db::DbError;
+use crate::health::{HealthArgs, Heartbeat};
+use crate::kafka::admin::AdminError;
+use crate::processor::{self, metrics::Metrics, ProcessorError};
+use crate::report::ReportError;
+use crate::sink::SinkError;
+use crate::telemetry::{Telemetry, TelemetryError};
+use crate::{db, kafka, report, sink};
 
-pub use crate::explain::ExplainArgs;
-pub use crate::load::LoadArgs;
+pub use crate::explain::{ExplainArgs, ExplainError};
 pub use crate::report::ReportArgs;
-pub use crate::simulate::SimulateArgs;
+
+/// Why a command failed; `main` adds which command it was.
+#[derive(Debug, Error)]
+pub enum CommandError {
+    #[error("reading the registry's CA, password or token file: {0}")]
+    RegistryFiles(#[source] std::io::Error),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The registry refused us (credentials, certificate): the reason in plain words.
+    #[error("{0}")]
+    RegistryAccess(String),
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error(transparent)]
+    Processor(#[from] ProcessorError),
+    #[error("the sink stopped: {0}")]
+    Sink(#[from] SinkError),
+    #[error("the sink task failed: {0}")]
+    SinkTask(#[source] tokio::task::JoinError),
+    /// Nothing asked it to stop: the table would fall behind without anyone noticing.
+    #[error("the sink stopped on its own")]
+    SinkStoppedOnItsOwn,
+    #[error("metrics shutdown: {0}")]
+    MetricsShutdown(#[source] tokio::task::JoinError),
+    #[error(transparent)]
+    Admin(#[from] AdminError),
+    #[error(transparent)]
+    Db(#[from] DbError),
+    #[error("reading the order table: {0}")]
+    Report(#[from] ReportError),
+    #[error(transparent)]
+    Explain(#[from] ExplainError),
+    #[error("--partitions must be from 1 to 10000, got {0}")]
+    Partitions(i32),
+}
+
+/// `order-saga run`: every setting is read.
+#[derive(Debug, Args)]
+pub struct RunCommand {
+    /// Do not run the PostgreSQL sink in this process.
+    #[arg(long)]
+    pub no_sink: bool,
+    #[command(flatten)]
+    pub config: ConfigArgs,
+}
+
+/// `order-saga sink`: Kafka, the registry, PostgreSQL; not the processor's settings.
+#[derive(Debug, Args)]
+pub struct SinkCommand {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga schemas register|check`: the registry only.
+#[derive(Debug, Args)]
+pub struct RegistryCommand {
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga migrate`: PostgreSQL only.
+#[derive(Debug, Args)]
+pub struct DatabaseCommand {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga create-topics`: Kafka only.
+#[derive(Debug, Args)]
+pub struct CreateTopicsCommand {
+    /// Partitions of every topic; all inputs must share one count.
+    #[arg(long, default_value_t = 6)]
+    pub partitions: i32,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga status <order-id>`: PostgreSQL only.
+#[derive(Debug, Args)]
+pub struct StatusCommand {
+    /// The order id.
+    pub order_id: String,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga report`: PostgreSQL only.
+#[derive(Debug, Args)]
+pub struct ReportCommand {
+    #[command(flatten)]
+    pub report: ReportArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga explain <order-id>`: Kafka and the registry, no PostgreSQL.
+#[derive(Debug, Args)]
+pub struct ExplainCommand {
+    #[command(flatten)]
+    pub explain: ExplainArgs,
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+/// `order-saga health`: the heartbeat files only; it logs nothing.
+#[derive(Debug, Args)]
+pub struct HealthCommand {
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    #[command(flatten)]
+    pub health: HealthArgs,
+}
+
+impl RunCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        Ok(self.config.clone().into_config())
+    }
+}
+
+impl SinkCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        Ok(ConfigArgs {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            database: self.database.clone(),
+            instance: self.instance.clone(),
+            sink: self.sink.clone(),
+            telemetry: self.telemetry.clone(),
+            stats: self.stats.clone(),
+            heartbeat: self.heartbeat.clone(),
+            log: self.log.clone(),
+            ..ConfigArgs::defaults()?
+        }
+        .into_config())
+    }
+}
+
+impl RegistryCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        Ok(ConfigArgs {
+            registry: self.registry.clone(),
+            log: self.log.clone(),
+            ..ConfigArgs::defaults()?
+        }
+        .into_config())
+    }
+}
+
+impl DatabaseCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        database_config(&self.database, &self.log)
+    }
+}
+
+impl CreateTopicsCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        Ok(ConfigArgs {
+            kafka: self.kafka.clone(),
+            log: self.log.clone(),
+            ..ConfigArgs::defaults()?
+        }
+        .into_config())
+    }
+}
+
+impl StatusCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        database_config(&self.database, &self.log)
+    }
+}
+
+impl ReportCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        database_config(&self.database, &self.log)
+    }
+}
+
+impl ExplainCommand {
+    pub fn config(&self) -> Result<Config, clap::Error> {
+        Ok(ConfigArgs {
+            kafka: self.kafka.clone(),
+            registry: self.registry.clone(),
+            log: self.log.clone(),
+            ..ConfigArgs::defaults()?
+        }
+        .into_config())
+    }
+}
+
+fn registry_auth(config: &Config) -> Result<crate::security::RegistryAuth, CommandError> {
+    config
+        .security
+        .registry_auth()
+        .map_err(CommandError::RegistryFiles)
+}
+
+fn database_config(database: &DatabaseArgs, log: &LogArgs) -> Result<Config, clap::Error> {
+    Ok(ConfigArgs {
+        database: database.clone(),
+        log: log.clone(),
+        ..ConfigArgs::defaults()?
+    }
+    .into_config())
+}
 
 /// How long start-up waits for PostgreSQL before it gives up.
 const DB_START_WAIT: Duration = Duration::from_secs(300);
 
 /// The registry-backed codec every command shares.
-pub fn codec(config: &Config) -> anyhow::Result<Arc<Codec>> {
+pub fn codec(config: &Config) -> Result<Arc<Codec>, CommandError> {
     let auth = config
         .security
         .registry_auth()
-        .context("reading the registry's CA, password or token file")?;
+        .map_err(CommandError::RegistryFiles)?;
     let registry = RegistryClient::secured(&config.registry_url, &auth)?;
     Ok(Arc::new(Codec::new(registry)?))
 }
@@ -36,15 +281,15 @@ pub fn codec(config: &Config) -> anyhow::Result<Arc<Codec>> {
 /// Asks the registry for its subjects once: wrong credentials or an untrusted certificate
 /// stop start-up here, in plain words, instead of failing every record later. An
 /// unreachable registry is left to the commands, which wait for it.
-pub async fn registry_preflight(config: &Config) -> anyhow::Result<()> {
+pub async fn registry_preflight(config: &Config) -> Result<(), CommandError> {
     let auth = config
         .security
         .registry_auth()
-        .context("reading the registry's CA, password or token file")?;
+        .map_err(CommandError::RegistryFiles)?;
     let client = RegistryClient::secured(&config.registry_url, &auth)?;
     match client.subjects().await {
         Err(e) => match e.access_failure() {
-            Some(reason) => bail!("{reason}"),
+            Some(reason) => Err(CommandError::RegistryAccess(reason)),
             None => Ok(()),
         },
         Ok(_) => Ok(()),
@@ -56,7 +301,7 @@ pub async fn run(
     config: Config,
     with_sink: bool,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), CommandError> {
     registry_preflight(&config).await?;
     let codec = codec(&config)?;
     let telemetry = Telemetry::from_config(&config, "run")?;
@@ -98,19 +343,19 @@ pub async fn run(
         let _ = rx2.wait_for(|v| *v).await;
     });
     tokio::pin!(processor);
-    let outcome: anyhow::Result<()> = match sink_task {
-        None => processor.await.map_err(anyhow::Error::new),
+    let outcome: Result<(), CommandError> = match sink_task {
+        None => processor.await.map_err(CommandError::from),
         Some(mut sink_task) => tokio::select! {
             result = &mut processor => {
                 count_failure(&telemetry, &result);
                 if result.is_err() {
                     // The processor is gone; the sink would only idle, so stop it too.
                     sink_task.abort();
-                    result.map_err(anyhow::Error::new)
+                    result.map_err(CommandError::from)
                 } else {
                     match sink_task.await {
-                        Err(e) => Err(anyhow::anyhow!("the sink task failed: {e}")),
-                        Ok(r) => r.map_err(|e| anyhow::Error::new(e).context("the sink stopped")),
+                        Err(e) => Err(CommandError::SinkTask(e)),
+                        Ok(r) => r.map_err(CommandError::from),
                     }
                 }
             }
@@ -122,10 +367,10 @@ pub async fn run(
                 let result = processor.await;
                 count_failure(&telemetry, &result);
                 match ended {
-                    Err(e) => Err(anyhow::anyhow!("the sink task failed: {e}")),
-                    Ok(Err(e)) => Err(anyhow::Error::new(e).context("the sink stopped")),
-                    Ok(Ok(())) if !requested => Err(anyhow::anyhow!("the sink stopped on its own")),
-                    Ok(Ok(())) => result.map_err(anyhow::Error::new),
+                    Err(e) => Err(CommandError::SinkTask(e)),
+                    Ok(Err(e)) => Err(CommandError::from(e)),
+                    Ok(Ok(())) if !requested => Err(CommandError::SinkStoppedOnItsOwn),
+                    Ok(Ok(())) => result.map_err(CommandError::from),
                 }
             }
         },
@@ -133,7 +378,7 @@ pub async fn run(
     // Blocking: the exporter's last push uses a blocking HTTP client.
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
-        .context("metrics shutdown")?;
+        .map_err(CommandError::MetricsShutdown)?;
     outcome
 }
 
@@ -150,7 +395,7 @@ fn count_failure(telemetry: &Telemetry, result: &Result<(), processor::Processor
 pub async fn sink(
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
+) -> Result<(), CommandError> {
     registry_preflight(&config).await?;
     let codec = codec(&config)?;
     kafka::admin::preflight(
@@ -162,38 +407,15 @@ pub async fn sink(
     let result = sink::run_with(config, codec, telemetry.clone(), shutdown).await;
     tokio::task::spawn_blocking(move || telemetry.shutdown())
         .await
-        .context("metrics shutdown")?;
+        .map_err(CommandError::MetricsShutdown)?;
     result?;
     Ok(())
 }
 
-/// `order-saga simulate`.
-pub async fn simulate(
-    config: Config,
-    args: SimulateArgs,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    registry_preflight(&config).await?;
-    let codec = codec(&config)?;
-    kafka::admin::preflight(&config, &config.topics().all()).await?;
-    simulate::run(config, args, codec, shutdown).await?;
-    Ok(())
-}
-
-/// `order-saga load`.
-pub async fn load(config: Config, args: LoadArgs) -> anyhow::Result<()> {
-    registry_preflight(&config).await?;
-    let codec = codec(&config)?;
-    kafka::admin::preflight(&config, &config.topics().all()).await?;
-    load::run(config, args, codec).await?;
-    Ok(())
-}
-
 /// `order-saga schemas register`.
-pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
+pub async fn schemas_register(config: &Config) -> Result<(), CommandError> {
     for (subject, id) in
-        registry::register_all_secured(&config.registry_url, &config.security.registry_auth()?)
-            .await?
+        registry::register_all_secured(&config.registry_url, &registry_auth(config)?).await?
     {
         println!("{subject}\tid {id}\tBACKWARD_TRANSITIVE");
     }
@@ -201,10 +423,10 @@ pub async fn schemas_register(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `order-saga schemas check`: prints each subject's verdict; false if any is incompatible.
-pub async fn schemas_check(config: &Config) -> anyhow::Result<bool> {
+pub async fn schemas_check(config: &Config) -> Result<bool, CommandError> {
     let mut all_ok = true;
     for outcome in
-        registry::check_all_secured(&config.registry_url, &config.security.registry_auth()?).await?
+        registry::check_all_secured(&config.registry_url, &registry_auth(config)?).await?
     {
         let verdict = match (outcome.compatible, outcome.new_subject) {
             (false, _) => "INCOMPATIBLE",
@@ -221,7 +443,7 @@ pub async fn schemas_check(config: &Config) -> anyhow::Result<bool> {
 }
 
 /// `order-saga migrate`.
-pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+pub async fn migrate(config: &Config) -> Result<(), CommandError> {
     let mut client =
         db::connect_secured(&config.database_url, &config.security, DB_START_WAIT).await?;
     let applied = db::migrate(&mut client).await?;
@@ -235,32 +457,31 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 }
 
 /// `order-saga create-topics`.
-pub async fn create_topics(config: &Config, partitions: i32) -> anyhow::Result<()> {
+pub async fn create_topics(config: &Config, partitions: i32) -> Result<(), CommandError> {
     if !(1..=10_000).contains(&partitions) {
-        bail!("--partitions must be from 1 to 10000, got {partitions}");
+        return Err(CommandError::Partitions(partitions));
     }
     let names = config.topics().all();
     let refs: Vec<&str> = names.iter().map(String::as_str).collect();
     kafka::admin::create_topics(config, &refs, partitions).await?;
     info!(topics = refs.len(), partitions, "topics ready");
+    println!("{} topics ready, {partitions} partitions each", refs.len());
     Ok(())
 }
 
 /// `order-saga status <id>`: false if the order is unknown.
-pub async fn status(config: &Config, order_id: &str) -> anyhow::Result<bool> {
+pub async fn status(config: &Config, order_id: &str) -> Result<bool, CommandError> {
     let client = db::connect_secured(
         &config.database_url,
         &config.security,
         Duration::from_secs(30),
     )
     .await?;
-    report::print_order(&client, order_id)
-        .await
-        .context("reading the order")
+    Ok(report::print_order(&client, order_id).await?)
 }
 
 /// `order-saga report`.
-pub async fn report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
+pub async fn report(config: &Config, args: ReportArgs) -> Result<(), CommandError> {
     let client = db::connect_secured(
         &config.database_url,
         &config.security,
@@ -272,7 +493,7 @@ pub async fn report(config: &Config, args: ReportArgs) -> anyhow::Result<()> {
 }
 
 /// `order-saga explain <id>`: false if Kafka holds nothing about the order.
-pub async fn explain(config: &Config, args: &ExplainArgs) -> anyhow::Result<bool> {
+pub async fn explain(config: &Config, args: &ExplainArgs) -> Result<bool, CommandError> {
     let codec = codec(config)?;
     Ok(crate::explain::run(config, codec, args).await?)
 }

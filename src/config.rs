@@ -1,13 +1,22 @@
-//! The one configuration type, filled from flags and environment variables.
+//! The configuration: clap argument groups, one per concern, and the validated [`Config`]
+//! the library reads.
 //!
 //! Every key can be given as a flag (`--commit-interval-ms 100`) or as an environment
 //! variable (`ORDER_SAGA_COMMIT_INTERVAL_MS=100`); the flag wins. Defaults fit the local
 //! stack of `scripts/stack`. [`Config::validate`] runs before anything connects, so a bad
 //! value stops start-up with a message that names the key and what is allowed.
+//!
+//! A command flattens only the groups it reads ([`KafkaArgs`], [`RegistryArgs`],
+//! [`DatabaseArgs`], [`InstanceArgs`], [`ProcessorArgs`], [`SinkArgs`], [`TelemetryArgs`],
+//! [`StatsArgs`], [`HeartbeatArgs`], [`LogArgs`]), so its `--help` lists only what it
+//! uses; [`ConfigArgs`] has them all. The groups' field names are those of [`Config`]:
+//! the processor, sink and tools read one flat `config.xxx`, and a group the command does
+//! not take keeps its defaults there.
 
 use std::time::Duration;
 
-use clap::Args;
+use clap::{Args, FromArgMatches};
+use serde::Serialize;
 use thiserror::Error;
 
 use crate::saga::Policy;
@@ -27,53 +36,47 @@ pub struct ConfigError {
 }
 
 /// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum LogFormat {
     Text,
     Json,
 }
 
-/// Everything the commands of `order-saga` may need to know. Its `Debug` (in
-/// `security.rs`) hides the database URL's password.
-#[derive(Clone, Args)]
-pub struct Config {
+/// Where Kafka is and how to talk to it: every command that opens a Kafka client.
+#[derive(Clone, Debug, Args)]
+pub struct KafkaArgs {
     /// Kafka bootstrap servers, comma-separated host:port.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_BOOTSTRAP",
-        default_value = "localhost:9092",
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_BOOTSTRAP", default_value = "localhost:9092")]
     pub bootstrap: String,
 
-    /// Application id: the processor's consumer group and the prefix of its transactional id.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_APPLICATION_ID",
-        default_value = "order",
-        global = true
-    )]
-    pub application_id: String,
+    /// Prefix put before every topic name, so that several saga deployments (or tests)
+    /// can share one cluster. Empty in production.
+    #[arg(long, env = "ORDER_SAGA_TOPIC_PREFIX", default_value = "")]
+    pub topic_prefix: String,
 
-    /// This instance's stable id; the transactional id is `<application-id>-<instance-id>`.
-    /// Two live instances must never share it: the newer fences the older.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_INSTANCE_ID",
-        default_value = "0",
-        global = true
-    )]
-    pub instance_id: String,
+    #[command(flatten)]
+    pub security: crate::security::KafkaSecurity,
+}
 
+/// The schema registry: every command that encodes or decodes a record.
+#[derive(Clone, Debug, Args)]
+pub struct RegistryArgs {
     /// Base URL of the Confluent-compatible schema registry API.
     #[arg(
         long,
         env = "ORDER_SAGA_REGISTRY_URL",
-        default_value = "http://localhost:8080/apis/ccompat/v7",
-        global = true
+        default_value = "http://localhost:8080/apis/ccompat/v7"
     )]
     pub registry_url: String,
 
+    #[command(flatten)]
+    pub security: crate::security::RegistrySecurity,
+}
+
+/// PostgreSQL: the sink, migrations and the commands that read the table.
+#[derive(Clone, Args)]
+pub struct DatabaseArgs {
     /// PostgreSQL connection URL of the order-status table; `sslmode` (disable, prefer,
     /// require, verify-ca, verify-full) and `sslrootcert` are honoured.
     /// [default: postgres://order:***@localhost:55432/order]
@@ -82,18 +85,32 @@ pub struct Config {
         env = "ORDER_SAGA_DATABASE_URL",
         default_value = "postgres://order:order@localhost:55432/order",
         hide_default_value = true,
-        hide_env_values = true,
-        global = true
+        hide_env_values = true
     )]
     pub database_url: String,
 
+    #[command(flatten)]
+    pub security: crate::security::DatabaseSecurity,
+}
+
+/// Who this process is: group and client ids, and the processor's transactional id.
+#[derive(Clone, Debug, Args)]
+pub struct InstanceArgs {
+    /// Application id: the processor's consumer group and the prefix of its transactional id.
+    #[arg(long, env = "ORDER_SAGA_APPLICATION_ID", default_value = "order")]
+    pub application_id: String,
+
+    /// This instance's stable id; the transactional id is `<application-id>-<instance-id>`.
+    /// Two live instances must never share it: the newer fences the older.
+    #[arg(long, env = "ORDER_SAGA_INSTANCE_ID", default_value = "0")]
+    pub instance_id: String,
+}
+
+/// The processor's transactions, deadlines, retries and state.
+#[derive(Clone, Debug, Args)]
+pub struct ProcessorArgs {
     /// How often the processor commits its transaction, in milliseconds.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_COMMIT_INTERVAL_MS",
-        default_value_t = 100,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_COMMIT_INTERVAL_MS", default_value_t = 100)]
     pub commit_interval_ms: u64,
 
     /// Kafka `transaction.timeout.ms`; kept short so a dead instance's transaction is
@@ -101,153 +118,225 @@ pub struct Config {
     #[arg(
         long,
         env = "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
-        default_value_t = 30_000,
-        global = true
+        default_value_t = 30_000
     )]
     pub transaction_timeout_ms: u64,
 
     /// How long a terminal order stays in memory before it is evicted, in milliseconds.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_STATE_RETENTION_MS",
-        default_value_t = 600_000,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_STATE_RETENTION_MS", default_value_t = 600_000)]
     pub state_retention_ms: u64,
 
     /// Deadline of one downstream command, in milliseconds.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_STEP_TIMEOUT_MS",
-        default_value_t = 30_000,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_STEP_TIMEOUT_MS", default_value_t = 30_000)]
     pub step_timeout_ms: u64,
 
     /// Attempts of one command before the step fails for good.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_MAX_ATTEMPTS",
-        default_value_t = 3,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
     /// First retry delay after a retriable failure, in milliseconds; doubles per attempt.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_RETRY_BACKOFF_MS",
-        default_value_t = 200,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_RETRY_BACKOFF_MS", default_value_t = 200)]
     pub retry_backoff_ms: u64,
 
     /// How long a partition group waits for an input partition that may still hold an
     /// earlier record before it goes on without it (like Kafka Streams'
     /// `max.task.idle.ms`), in milliseconds.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_MAX_TASK_IDLE_MS",
-        default_value_t = 300,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_MAX_TASK_IDLE_MS", default_value_t = 300)]
     pub max_task_idle_ms: u64,
 
     /// How long a cancel or result that arrived before its order's create is held for
     /// the create, in milliseconds, before it is dead-lettered.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_EARLY_GRACE_MS",
-        default_value_t = 300_000,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_EARLY_GRACE_MS", default_value_t = 300_000)]
     pub early_grace_ms: u64,
-
-    /// Consumer group of the PostgreSQL sink.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_SINK_GROUP",
-        default_value = "order-pg-sink",
-        global = true
-    )]
-    pub sink_group: String,
-
-    /// Seconds between the periodic progress and counter log lines.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_STATS_INTERVAL_S",
-        default_value_t = 10,
-        global = true
-    )]
-    pub stats_interval_s: u64,
-
-    /// Prefix put before every topic name, so that several saga deployments (or tests)
-    /// can share one cluster. Empty in production.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_TOPIC_PREFIX",
-        default_value = "",
-        global = true
-    )]
-    pub topic_prefix: String,
-
-    /// OTLP/HTTP endpoint metrics are pushed to, as OTEL_EXPORTER_OTLP_ENDPOINT
-    /// (`/v1/metrics` is appended), e.g. http://127.0.0.1:9090/api/v1/otlp for
-    /// Prometheus. Empty: no metrics export.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_OTLP_ENDPOINT",
-        default_value = "",
-        global = true
-    )]
-    pub otlp_endpoint: String,
-
-    /// How often metrics are pushed to --otlp-endpoint, in milliseconds.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_METRICS_INTERVAL_MS",
-        default_value_t = 10_000,
-        global = true
-    )]
-    pub metrics_interval_ms: u64,
 
     /// An order in flight whose state has not changed for this long, in milliseconds,
     /// counts as stuck in the order_saga.orders.stuck metric.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_STUCK_AFTER_MS",
-        default_value_t = 300_000,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_STUCK_AFTER_MS", default_value_t = 300_000)]
     pub stuck_after_ms: u64,
-
-    /// Log format.
-    #[arg(long, env = "ORDER_SAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
-    pub log_format: LogFormat,
-
-    /// TLS, SASL and credentials of every connection.
-    #[command(flatten)]
-    pub security: crate::security::Security,
-    /// Base path of the heartbeat files read by `order-saga health`: each component
-    /// writes `<path>.<component>` (processor, sink). Empty: no heartbeat.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_HEARTBEAT_FILE",
-        default_value = "",
-        global = true
-    )]
-    pub heartbeat_file: String,
 
     /// Static group membership: the processor's consumer sets `group.instance.id` to the
     /// transactional id, so a restart that is back within the session timeout keeps its
     /// partitions without a rebalance.
-    #[arg(
-        long,
-        env = "ORDER_SAGA_STATIC_MEMBERSHIP",
-        default_value_t = false,
-        global = true
-    )]
+    #[arg(long, env = "ORDER_SAGA_STATIC_MEMBERSHIP", default_value_t = false)]
     pub static_membership: bool,
+}
+
+/// The PostgreSQL sink's consumer group.
+#[derive(Clone, Debug, Args)]
+pub struct SinkArgs {
+    /// Consumer group of the PostgreSQL sink.
+    #[arg(long, env = "ORDER_SAGA_SINK_GROUP", default_value = "order-pg-sink")]
+    pub sink_group: String,
+}
+
+/// Metrics export over OTLP.
+#[derive(Clone, Debug, Args)]
+pub struct TelemetryArgs {
+    /// OTLP/HTTP endpoint metrics are pushed to, as OTEL_EXPORTER_OTLP_ENDPOINT
+    /// (`/v1/metrics` is appended), e.g. http://127.0.0.1:9090/api/v1/otlp for
+    /// Prometheus. Empty: no metrics export.
+    #[arg(long, env = "ORDER_SAGA_OTLP_ENDPOINT", default_value = "")]
+    pub otlp_endpoint: String,
+
+    /// How often metrics are pushed to --otlp-endpoint, in milliseconds.
+    #[arg(long, env = "ORDER_SAGA_METRICS_INTERVAL_MS", default_value_t = 10_000)]
+    pub metrics_interval_ms: u64,
+}
+
+/// The periodic progress lines of a long-running command.
+#[derive(Clone, Debug, Args)]
+pub struct StatsArgs {
+    /// Seconds between the periodic progress and counter log lines.
+    #[arg(long, env = "ORDER_SAGA_STATS_INTERVAL_S", default_value_t = 10)]
+    pub stats_interval_s: u64,
+}
+
+/// The heartbeat files the service writes and `order-saga health` reads.
+#[derive(Clone, Debug, Args)]
+pub struct HeartbeatArgs {
+    /// Base path of the heartbeat files read by `order-saga health`: each component
+    /// writes `<path>.<component>` (processor, sink). Empty: no heartbeat.
+    #[arg(long, env = "ORDER_SAGA_HEARTBEAT_FILE", default_value = "")]
+    pub heartbeat_file: String,
+}
+
+/// How log lines are written (to stderr).
+#[derive(Clone, Debug, Args)]
+pub struct LogArgs {
+    /// Log format.
+    #[arg(long, env = "ORDER_SAGA_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+/// Every group: what `order-saga run` reads, and what a child process is handed.
+#[derive(Clone, Debug, Args)]
+pub struct ConfigArgs {
+    #[command(flatten)]
+    pub kafka: KafkaArgs,
+    #[command(flatten)]
+    pub registry: RegistryArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub instance: InstanceArgs,
+    #[command(flatten)]
+    pub processor: ProcessorArgs,
+    #[command(flatten)]
+    pub sink: SinkArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+    #[command(flatten)]
+    pub stats: StatsArgs,
+    #[command(flatten)]
+    pub heartbeat: HeartbeatArgs,
+    #[command(flatten)]
+    pub log: LogArgs,
+}
+
+impl ConfigArgs {
+    /// Every group at its flags' defaults, with the environment ignored: the settings a
+    /// command does not take must not change with variables meant for other commands.
+    pub fn defaults() -> Result<ConfigArgs, clap::Error> {
+        let command = Self::augment_args(clap::Command::new("defaults"))
+            .mut_args(|a| a.env(None::<&'static str>));
+        Self::from_arg_matches(&command.try_get_matches_from(["defaults"])?)
+    }
+
+    /// The flat configuration of these groups.
+    pub fn into_config(self) -> Config {
+        let ConfigArgs {
+            kafka,
+            registry,
+            database,
+            instance,
+            processor,
+            sink,
+            telemetry,
+            stats,
+            heartbeat,
+            log,
+        } = self;
+        Config {
+            bootstrap: kafka.bootstrap,
+            topic_prefix: kafka.topic_prefix,
+            registry_url: registry.registry_url,
+            database_url: database.database_url,
+            application_id: instance.application_id,
+            instance_id: instance.instance_id,
+            commit_interval_ms: processor.commit_interval_ms,
+            transaction_timeout_ms: processor.transaction_timeout_ms,
+            state_retention_ms: processor.state_retention_ms,
+            step_timeout_ms: processor.step_timeout_ms,
+            max_attempts: processor.max_attempts,
+            retry_backoff_ms: processor.retry_backoff_ms,
+            max_task_idle_ms: processor.max_task_idle_ms,
+            early_grace_ms: processor.early_grace_ms,
+            stuck_after_ms: processor.stuck_after_ms,
+            static_membership: processor.static_membership,
+            sink_group: sink.sink_group,
+            otlp_endpoint: telemetry.otlp_endpoint,
+            metrics_interval_ms: telemetry.metrics_interval_ms,
+            stats_interval_s: stats.stats_interval_s,
+            heartbeat_file: heartbeat.heartbeat_file,
+            log_format: log.log_format,
+            security: crate::security::Security {
+                kafka: kafka.security,
+                database: database.security,
+                registry: registry.security,
+            },
+        }
+    }
+}
+
+impl std::fmt::Debug for DatabaseArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatabaseArgs")
+            .field(
+                "database_url",
+                &crate::security::redact_url(&self.database_url),
+            )
+            .field("security", &self.security)
+            .finish()
+    }
+}
+
+impl HeartbeatArgs {
+    /// The heartbeat base path, if heartbeats are on.
+    pub fn path(&self) -> Option<std::path::PathBuf> {
+        (!self.heartbeat_file.is_empty()).then(|| std::path::PathBuf::from(&self.heartbeat_file))
+    }
+}
+
+/// The validated settings the library reads, one flat struct: each field is the flag of
+/// the same name in the groups above (see their docs). Its `Debug` (in `security.rs`)
+/// hides the database URL's password; it is serialized only to hand it to a child
+/// process as environment variables ([`Config::env_vars`]).
+#[derive(Clone, Serialize)]
+pub struct Config {
+    pub bootstrap: String,
+    pub topic_prefix: String,
+    pub registry_url: String,
+    pub database_url: String,
+    pub application_id: String,
+    pub instance_id: String,
+    pub commit_interval_ms: u64,
+    pub transaction_timeout_ms: u64,
+    pub state_retention_ms: u64,
+    pub step_timeout_ms: u64,
+    pub max_attempts: u32,
+    pub retry_backoff_ms: u64,
+    pub max_task_idle_ms: u64,
+    pub early_grace_ms: u64,
+    pub stuck_after_ms: u64,
+    pub static_membership: bool,
+    pub sink_group: String,
+    pub otlp_endpoint: String,
+    pub metrics_interval_ms: u64,
+    pub stats_interval_s: u64,
+    pub heartbeat_file: String,
+    pub log_format: LogFormat,
+    #[serde(flatten)]
+    pub security: crate::security::Security,
 }
 
 fn err(key: &'static str, env: &'static str, value: impl ToString, allowed: &str) -> ConfigError {
@@ -429,65 +518,44 @@ impl Config {
 
     /// Every setting as the environment variable that sets it, for handing this
     /// configuration to a child process (`order-saga` started by tests or benchmarks).
-    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
-        let log_format = match self.log_format {
-            LogFormat::Text => "text",
-            LogFormat::Json => "json",
+    /// The names come from the flags' own declarations, matched to the fields by name, so
+    /// a new setting is handed on without a second list to keep in step.
+    pub fn env_vars(&self) -> Vec<(String, String)> {
+        use serde_json::Value;
+        // Serializing a struct of strings, numbers and flags to a map cannot fail; the
+        // unit test below checks every variable comes out.
+        let Ok(Value::Object(values)) = serde_json::to_value(self) else {
+            return Vec::new();
         };
-        vec![
-            ("ORDER_SAGA_BOOTSTRAP", self.bootstrap.clone()),
-            ("ORDER_SAGA_APPLICATION_ID", self.application_id.clone()),
-            ("ORDER_SAGA_INSTANCE_ID", self.instance_id.clone()),
-            ("ORDER_SAGA_REGISTRY_URL", self.registry_url.clone()),
-            ("ORDER_SAGA_DATABASE_URL", self.database_url.clone()),
-            (
-                "ORDER_SAGA_COMMIT_INTERVAL_MS",
-                self.commit_interval_ms.to_string(),
-            ),
-            (
-                "ORDER_SAGA_TRANSACTION_TIMEOUT_MS",
-                self.transaction_timeout_ms.to_string(),
-            ),
-            (
-                "ORDER_SAGA_STATE_RETENTION_MS",
-                self.state_retention_ms.to_string(),
-            ),
-            (
-                "ORDER_SAGA_STEP_TIMEOUT_MS",
-                self.step_timeout_ms.to_string(),
-            ),
-            ("ORDER_SAGA_MAX_ATTEMPTS", self.max_attempts.to_string()),
-            (
-                "ORDER_SAGA_RETRY_BACKOFF_MS",
-                self.retry_backoff_ms.to_string(),
-            ),
-            (
-                "ORDER_SAGA_MAX_TASK_IDLE_MS",
-                self.max_task_idle_ms.to_string(),
-            ),
-            ("ORDER_SAGA_EARLY_GRACE_MS", self.early_grace_ms.to_string()),
-            ("ORDER_SAGA_SINK_GROUP", self.sink_group.clone()),
-            (
-                "ORDER_SAGA_STATS_INTERVAL_S",
-                self.stats_interval_s.to_string(),
-            ),
-            ("ORDER_SAGA_TOPIC_PREFIX", self.topic_prefix.clone()),
-            ("ORDER_SAGA_LOG_FORMAT", log_format.to_string()),
-            ("ORDER_SAGA_OTLP_ENDPOINT", self.otlp_endpoint.clone()),
-            (
-                "ORDER_SAGA_METRICS_INTERVAL_MS",
-                self.metrics_interval_ms.to_string(),
-            ),
-            ("ORDER_SAGA_STUCK_AFTER_MS", self.stuck_after_ms.to_string()),
-            ("ORDER_SAGA_HEARTBEAT_FILE", self.heartbeat_file.clone()),
-            (
-                "ORDER_SAGA_STATIC_MEMBERSHIP",
-                self.static_membership.to_string(),
-            ),
-        ]
-        .into_iter()
-        .chain(self.security.env_vars())
-        .collect()
+        ConfigArgs::augment_args(clap::Command::new("order-saga"))
+            .get_arguments()
+            .filter_map(|arg| {
+                let env = arg.get_env()?.to_str()?.to_string();
+                let value = match values.get(arg.get_id().as_str())? {
+                    Value::String(s) => s.clone(),
+                    // Repeatable flags: the variable holds the values ';'-separated.
+                    Value::Array(items) => items
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .collect::<Vec<_>>()
+                        .join(";"),
+                    other => other.to_string(),
+                };
+                Some((env, value))
+            })
+            .collect()
+    }
+
+    /// A configuration from flags and the environment as `order-saga run` reads them;
+    /// `args[0]` is the program name. For tests and tools that build their own.
+    pub fn try_parse_from<I, T>(args: I) -> Result<Config, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        let command = ConfigArgs::augment_args(clap::Command::new("order-saga"));
+        let matches = command.try_get_matches_from(args)?;
+        Ok(ConfigArgs::from_arg_matches(&matches)?.into_config())
     }
 
     /// The heartbeat base path, if heartbeats are on.
@@ -525,19 +593,12 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
 
     fn parse(args: &[&str]) -> Config {
         let mut all = vec!["order-saga"];
         all.extend_from_slice(args);
-        match Cli::try_parse_from(all) {
-            Ok(cli) => cli.config,
+        match Config::try_parse_from(all) {
+            Ok(config) => config,
             Err(e) => panic!("parse failed: {e}"),
         }
     }
@@ -551,19 +612,52 @@ mod tests {
     }
 
     #[test]
-    fn env_vars_name_every_setting_by_its_own_variable() {
-        use clap::CommandFactory;
-        let declared: std::collections::BTreeSet<String> = Cli::command()
+    fn env_vars_hand_on_every_setting_by_its_own_variable() {
+        let command = ConfigArgs::augment_args(clap::Command::new("order-saga"));
+        let declared: std::collections::BTreeSet<String> = command
             .get_arguments()
             .filter_map(|a| a.get_env().map(|e| e.to_string_lossy().into_owned()))
             .collect();
-        let c = parse(&["--commit-interval-ms", "250", "--log-format", "json"]);
-        let given: std::collections::BTreeSet<String> =
-            c.env_vars().iter().map(|(k, _)| k.to_string()).collect();
-        assert_eq!(given, declared);
+        let c = parse(&[
+            "--commit-interval-ms",
+            "250",
+            "--log-format",
+            "json",
+            "--kafka-property",
+            "socket.timeout.ms=30000",
+            "--kafka-property",
+            "client.rack=a",
+        ]);
         let vars: std::collections::BTreeMap<_, _> = c.env_vars().into_iter().collect();
+        let given: std::collections::BTreeSet<String> = vars.keys().cloned().collect();
+        assert_eq!(given, declared);
+        // Every field of the configuration has a variable: none is silently left behind.
+        let fields = match serde_json::to_value(&c) {
+            Ok(serde_json::Value::Object(map)) => map.len(),
+            other => panic!("not a map: {other:?}"),
+        };
+        assert_eq!(vars.len(), fields);
         assert_eq!(vars["ORDER_SAGA_COMMIT_INTERVAL_MS"], "250");
         assert_eq!(vars["ORDER_SAGA_LOG_FORMAT"], "json");
+        assert_eq!(vars["ORDER_SAGA_STATIC_MEMBERSHIP"], "false");
+        assert_eq!(
+            vars["ORDER_SAGA_KAFKA_PROPERTIES"],
+            "socket.timeout.ms=30000;client.rack=a"
+        );
+    }
+
+    #[test]
+    fn defaults_ignore_the_environment() {
+        // Only a variable no other test reads is set, so parallel tests are unaffected.
+        std::env::set_var("ORDER_SAGA_SINK_GROUP", "from-the-environment");
+        let defaults = ConfigArgs::defaults().map(ConfigArgs::into_config);
+        let parsed = parse(&[]).sink_group;
+        std::env::remove_var("ORDER_SAGA_SINK_GROUP");
+        assert_eq!(parsed, "from-the-environment");
+        match defaults {
+            Ok(c) => assert_eq!(c.sink_group, "order-pg-sink"),
+            Err(e) => panic!("defaults do not parse: {e}"),
+        }
     }
 
     #[test]

@@ -1,4 +1,6 @@
 //! The `order-saga` command line. Thin: parse, validate, set up logging, call the library.
+//! Results go to stdout and logs to stderr, so `$(order-saga report)` captures the report
+//! alone.
 
 use std::process::ExitCode;
 
@@ -6,8 +8,12 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use tracing::{error, info};
 
-use order_saga::config::{Config, LogFormat};
-use order_saga::{cli, signals};
+use order_saga::cli::{
+    self, CreateTopicsCommand, DatabaseCommand, ExplainCommand, HealthCommand, RegistryCommand,
+    ReportCommand, RunCommand, SinkCommand, StatusCommand,
+};
+use order_saga::config::{Config, ConfigArgs, LogFormat};
+use order_saga::signals;
 
 #[derive(Parser)]
 #[command(
@@ -16,8 +22,6 @@ use order_saga::{cli, signals};
     about = "Exactly-once order saga processor for Kafka"
 )]
 struct Cli {
-    #[command(flatten)]
-    config: Config,
     #[command(subcommand)]
     command: Command,
 }
@@ -25,50 +29,54 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run the saga processor (and, unless --no-sink, the PostgreSQL sink beside it).
-    Run {
-        /// Do not run the PostgreSQL sink in this process.
-        #[arg(long)]
-        no_sink: bool,
-    },
+    Run(RunCommand),
     /// Run only the PostgreSQL sink of order-status.
-    Sink,
-    /// Play the four downstream services: consume commands, produce results.
-    Simulate(cli::SimulateArgs),
-    /// Produce a load of sample orders.
-    Load(cli::LoadArgs),
+    Sink(SinkCommand),
     /// Register or check the Avro schemas of schemas/ in the registry.
     Schemas {
         #[command(subcommand)]
         action: SchemasAction,
     },
     /// Apply the PostgreSQL migrations (idempotent, safe to run concurrently).
-    Migrate,
+    Migrate(DatabaseCommand),
     /// Create the saga's topics (idempotent).
-    CreateTopics {
-        /// Partitions of every topic; all inputs must share one count.
-        #[arg(long, default_value_t = 6)]
-        partitions: i32,
-    },
+    CreateTopics(CreateTopicsCommand),
     /// Print one order and its history from PostgreSQL.
-    Status {
-        /// The order id.
-        order_id: String,
-    },
+    Status(StatusCommand),
     /// Print counts per status, latency percentiles and stuck orders from PostgreSQL.
-    Report(cli::ReportArgs),
+    Report(ReportCommand),
     /// Tell one order's story from Kafka alone: statuses, commands, results, dead letters.
-    Explain(cli::ExplainArgs),
+    Explain(ExplainCommand),
     /// Exit 0 if the heartbeat files of --heartbeat-file are fresh (and, with --readiness,
     /// ready), else 1; one line on stdout says why. For Kubernetes exec probes.
-    Health(order_saga::health::HealthArgs),
+    Health(HealthCommand),
 }
 
 #[derive(Subcommand)]
 enum SchemasAction {
     /// Set BACKWARD_TRANSITIVE and register every local schema under `<topic>-value`.
-    Register,
+    Register(RegistryCommand),
     /// Exit non-zero if a local schema cannot evolve from the registered one.
-    Check,
+    Check(RegistryCommand),
+}
+
+impl Command {
+    /// The configuration this command reads; what it does not read keeps its defaults.
+    fn config(&self) -> Result<Config, clap::Error> {
+        match self {
+            Command::Run(c) => c.config(),
+            Command::Sink(c) => c.config(),
+            Command::Schemas {
+                action: SchemasAction::Register(c) | SchemasAction::Check(c),
+            } => c.config(),
+            Command::Migrate(c) => c.config(),
+            Command::CreateTopics(c) => c.config(),
+            Command::Status(c) => c.config(),
+            Command::Report(c) => c.config(),
+            Command::Explain(c) => c.config(),
+            Command::Health(_) => ConfigArgs::defaults().map(ConfigArgs::into_config),
+        }
+    }
 }
 
 fn init_logging(format: LogFormat) {
@@ -86,8 +94,9 @@ fn init_logging(format: LogFormat) {
 }
 
 /// `order-saga health`: the verdict on stdout, and 0 or 1.
-fn health(config: &Config, args: &order_saga::health::HealthArgs) -> ExitCode {
-    let (healthy, line) = order_saga::health::check(config.heartbeat_path().as_deref(), args);
+fn health(command: &HealthCommand) -> ExitCode {
+    let (healthy, line) =
+        order_saga::health::check(command.heartbeat.path().as_deref(), &command.health);
     println!("{line}");
     if healthy {
         ExitCode::SUCCESS
@@ -100,14 +109,18 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // A probe depends only on the heartbeat files, not on the rest of the settings, and
     // prints nothing but its verdict.
-    if let Command::Health(args) = &cli.command {
-        return health(&cli.config, args);
+    if let Command::Health(command) = &cli.command {
+        return health(command);
     }
-    if let Err(e) = cli.config.validate() {
+    let config = match cli.command.config() {
+        Ok(config) => config,
+        Err(e) => e.exit(),
+    };
+    if let Err(e) = config.validate() {
         eprintln!("order-saga: {e}");
         return ExitCode::from(2);
     }
-    init_logging(cli.config.log_format);
+    init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -118,7 +131,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let code = match runtime.block_on(dispatch(cli)) {
+    let code = match runtime.block_on(dispatch(cli.command, config)) {
         Ok(code) => code,
         Err(e) => {
             error!(error = format!("{e:#}"), "order-saga failed");
@@ -132,49 +145,44 @@ fn main() -> ExitCode {
     code
 }
 
-async fn dispatch(cli: Cli) -> anyhow::Result<ExitCode> {
-    let config = cli.config;
-    match cli.command {
-        Command::Run { no_sink } => {
-            cli::run(config, !no_sink, signals::shutdown_signal())
+async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Run(c) => {
+            cli::run(config, !c.no_sink, signals::shutdown_signal())
                 .await
                 .context("processor")?;
         }
-        Command::Sink => cli::sink(config, signals::shutdown_signal())
+        Command::Sink(_) => cli::sink(config, signals::shutdown_signal())
             .await
             .context("sink")?,
-        Command::Simulate(args) => cli::simulate(config, args, signals::shutdown_signal())
-            .await
-            .context("simulator")?,
-        Command::Load(args) => cli::load(config, args).await.context("load")?,
         Command::Schemas {
-            action: SchemasAction::Register,
+            action: SchemasAction::Register(_),
         } => cli::schemas_register(&config)
             .await
             .context("schemas register")?,
         Command::Schemas {
-            action: SchemasAction::Check,
+            action: SchemasAction::Check(_),
         } => {
             if !cli::schemas_check(&config).await.context("schemas check")? {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Migrate => cli::migrate(&config).await.context("migrate")?,
-        Command::CreateTopics { partitions } => cli::create_topics(&config, partitions)
+        Command::Migrate(_) => cli::migrate(&config).await.context("migrate")?,
+        Command::CreateTopics(c) => cli::create_topics(&config, c.partitions)
             .await
             .context("create topics")?,
-        Command::Status { order_id } => {
-            if !cli::status(&config, &order_id).await.context("status")? {
+        Command::Status(c) => {
+            if !cli::status(&config, &c.order_id).await.context("status")? {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Report(args) => cli::report(&config, args).await.context("report")?,
-        Command::Explain(args) => {
-            if !cli::explain(&config, &args).await.context("explain")? {
+        Command::Report(c) => cli::report(&config, c.report).await.context("report")?,
+        Command::Explain(c) => {
+            if !cli::explain(&config, &c.explain).await.context("explain")? {
                 return Ok(ExitCode::FAILURE);
             }
         }
-        Command::Health(args) => return Ok(health(&config, &args)),
+        Command::Health(c) => return Ok(health(&c)),
     }
     info!("done");
     Ok(ExitCode::SUCCESS)

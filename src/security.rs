@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use clap::Args;
 use rdkafka::ClientConfig;
+use serde::Serialize;
 
 use crate::config::ConfigError;
 
@@ -50,15 +51,26 @@ pub const FIRST_CLASS_KAFKA_PROPERTIES: &[(&str, &str)] = &[
 const PROTOCOLS: &[&str] = &["plaintext", "ssl", "sasl_plaintext", "sasl_ssl"];
 const MECHANISMS: &[&str] = &["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"];
 
-/// Security settings of every connection, flattened into [`crate::config::Config`].
-#[derive(Clone, Args)]
+/// Security of every connection: each part is flattened into the commands that open that
+/// kind of connection, so a command's `--help` shows only the secrets it needs.
+#[derive(Clone, Debug, Default, Serialize)]
 pub struct Security {
+    #[serde(flatten)]
+    pub kafka: KafkaSecurity,
+    #[serde(flatten)]
+    pub database: DatabaseSecurity,
+    #[serde(flatten)]
+    pub registry: RegistrySecurity,
+}
+
+/// TLS and SASL of the Kafka clients, and the pass-through of other librdkafka properties.
+#[derive(Clone, Args, Serialize)]
+pub struct KafkaSecurity {
     /// Kafka security protocol.
     #[arg(
         long = "kafka-security-protocol",
         env = "ORDER_SAGA_KAFKA_SECURITY_PROTOCOL",
-        default_value = "plaintext",
-        global = true
+        default_value = "plaintext"
     )]
     pub kafka_security_protocol: String,
 
@@ -66,8 +78,7 @@ pub struct Security {
     #[arg(
         long = "kafka-sasl-mechanism",
         env = "ORDER_SAGA_KAFKA_SASL_MECHANISM",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_sasl_mechanism: String,
 
@@ -75,8 +86,7 @@ pub struct Security {
     #[arg(
         long = "kafka-sasl-username",
         env = "ORDER_SAGA_KAFKA_SASL_USERNAME",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_sasl_username: String,
 
@@ -84,8 +94,7 @@ pub struct Security {
     #[arg(
         long = "kafka-sasl-password-file",
         env = "ORDER_SAGA_KAFKA_SASL_PASSWORD_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_sasl_password_file: String,
 
@@ -93,8 +102,7 @@ pub struct Security {
     #[arg(
         long = "kafka-ssl-ca-file",
         env = "ORDER_SAGA_KAFKA_SSL_CA_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_ssl_ca_file: String,
 
@@ -102,8 +110,7 @@ pub struct Security {
     #[arg(
         long = "kafka-ssl-cert-file",
         env = "ORDER_SAGA_KAFKA_SSL_CERT_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_ssl_cert_file: String,
 
@@ -111,8 +118,7 @@ pub struct Security {
     #[arg(
         long = "kafka-ssl-key-file",
         env = "ORDER_SAGA_KAFKA_SSL_KEY_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub kafka_ssl_key_file: String,
 
@@ -120,8 +126,7 @@ pub struct Security {
     #[arg(
         long = "kafka-ssl-endpoint-identification",
         env = "ORDER_SAGA_KAFKA_SSL_ENDPOINT_IDENTIFICATION",
-        default_value = "https",
-        global = true
+        default_value = "https"
     )]
     pub kafka_ssl_endpoint_identification: String,
 
@@ -130,17 +135,19 @@ pub struct Security {
     #[arg(
         long = "kafka-property",
         env = "ORDER_SAGA_KAFKA_PROPERTIES",
-        value_delimiter = ';',
-        global = true
+        value_delimiter = ';'
     )]
     pub kafka_property: Vec<String>,
+}
 
+/// The PostgreSQL password file and root certificate.
+#[derive(Clone, Debug, Default, Args, Serialize)]
+pub struct DatabaseSecurity {
     /// File holding the PostgreSQL password; used when the URL carries none.
     #[arg(
         long = "database-password-file",
         env = "ORDER_SAGA_DATABASE_PASSWORD_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub database_password_file: String,
 
@@ -148,17 +155,19 @@ pub struct Security {
     #[arg(
         long = "database-ssl-root-cert",
         env = "ORDER_SAGA_DATABASE_SSL_ROOT_CERT",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub database_ssl_root_cert: String,
+}
 
+/// The schema registry's CA file and credentials.
+#[derive(Clone, Debug, Default, Args, Serialize)]
+pub struct RegistrySecurity {
     /// PEM CA file for an https registry; empty = system store.
     #[arg(
         long = "registry-ca-file",
         env = "ORDER_SAGA_REGISTRY_CA_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub registry_ca_file: String,
 
@@ -166,8 +175,7 @@ pub struct Security {
     #[arg(
         long = "registry-username",
         env = "ORDER_SAGA_REGISTRY_USERNAME",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub registry_username: String,
 
@@ -175,8 +183,7 @@ pub struct Security {
     #[arg(
         long = "registry-password-file",
         env = "ORDER_SAGA_REGISTRY_PASSWORD_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub registry_password_file: String,
 
@@ -184,16 +191,15 @@ pub struct Security {
     #[arg(
         long = "registry-token-file",
         env = "ORDER_SAGA_REGISTRY_TOKEN_FILE",
-        default_value = "",
-        global = true
+        default_value = ""
     )]
     pub registry_token_file: String,
 }
 
-impl Default for Security {
+impl Default for KafkaSecurity {
     /// Plaintext Kafka, no files: what the flags' defaults give.
     fn default() -> Self {
-        Security {
+        KafkaSecurity {
             kafka_security_protocol: "plaintext".to_string(),
             kafka_sasl_mechanism: String::new(),
             kafka_sasl_username: String::new(),
@@ -203,17 +209,11 @@ impl Default for Security {
             kafka_ssl_key_file: String::new(),
             kafka_ssl_endpoint_identification: "https".to_string(),
             kafka_property: Vec::new(),
-            database_password_file: String::new(),
-            database_ssl_root_cert: String::new(),
-            registry_ca_file: String::new(),
-            registry_username: String::new(),
-            registry_password_file: String::new(),
-            registry_token_file: String::new(),
         }
     }
 }
 
-impl fmt::Debug for Security {
+impl fmt::Debug for KafkaSecurity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         // Only file names and public settings are held, except in pass-through properties,
         // whose values may be secrets (ssl.key.password, oauth client secrets, ...).
@@ -222,7 +222,7 @@ impl fmt::Debug for Security {
             .into_iter()
             .map(|(k, v)| format!("{k}={}", redact_property(&k, &v)))
             .collect();
-        f.debug_struct("Security")
+        f.debug_struct("KafkaSecurity")
             .field("kafka_security_protocol", &self.kafka_security_protocol)
             .field("kafka_sasl_mechanism", &self.kafka_sasl_mechanism)
             .field("kafka_sasl_username", &self.kafka_sasl_username)
@@ -235,12 +235,6 @@ impl fmt::Debug for Security {
                 &self.kafka_ssl_endpoint_identification,
             )
             .field("kafka_property", &props)
-            .field("database_password_file", &self.database_password_file)
-            .field("database_ssl_root_cert", &self.database_ssl_root_cert)
-            .field("registry_ca_file", &self.registry_ca_file)
-            .field("registry_username", &self.registry_username)
-            .field("registry_password_file", &self.registry_password_file)
-            .field("registry_token_file", &self.registry_token_file)
             .finish()
     }
 }
@@ -346,6 +340,30 @@ fn check_file(
 }
 
 impl Security {
+    /// Checks every security setting; files are read once here so a typo stops start-up.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.kafka.validate()?;
+        self.database.validate()?;
+        self.registry.validate()
+    }
+
+    /// Applies the Kafka settings to a client's configuration.
+    pub fn apply_kafka(&self, c: &mut ClientConfig) {
+        self.kafka.apply_kafka(c);
+    }
+
+    /// The registry client's security: CA, and basic auth or a token, read from files.
+    pub fn registry_auth(&self) -> std::io::Result<RegistryAuth> {
+        self.registry.registry_auth()
+    }
+
+    /// The PostgreSQL password file, if one is set.
+    pub fn database_password_file(&self) -> Option<PathBuf> {
+        self.database.database_password_file()
+    }
+}
+
+impl KafkaSecurity {
     /// The pass-through properties as pairs; entries may hold several lines.
     pub fn kafka_properties(&self) -> Vec<(String, String)> {
         self.kafka_property
@@ -372,7 +390,7 @@ impl Security {
         matches!(self.protocol().as_str(), "ssl" | "sasl_ssl")
     }
 
-    /// Checks every security setting; files are read once here so a typo stops start-up.
+    /// Checks the Kafka settings; files are read once here so a typo stops start-up.
     pub fn validate(&self) -> Result<(), ConfigError> {
         const P: (&str, &str) = (
             "--kafka-security-protocol",
@@ -520,58 +538,6 @@ impl Security {
                 ));
             }
         }
-        for (key, env, value, secret) in [
-            (
-                "--database-password-file",
-                "ORDER_SAGA_DATABASE_PASSWORD_FILE",
-                &self.database_password_file,
-                true,
-            ),
-            (
-                "--database-ssl-root-cert",
-                "ORDER_SAGA_DATABASE_SSL_ROOT_CERT",
-                &self.database_ssl_root_cert,
-                false,
-            ),
-            (
-                "--registry-ca-file",
-                "ORDER_SAGA_REGISTRY_CA_FILE",
-                &self.registry_ca_file,
-                false,
-            ),
-            (
-                "--registry-password-file",
-                "ORDER_SAGA_REGISTRY_PASSWORD_FILE",
-                &self.registry_password_file,
-                true,
-            ),
-            (
-                "--registry-token-file",
-                "ORDER_SAGA_REGISTRY_TOKEN_FILE",
-                &self.registry_token_file,
-                true,
-            ),
-        ] {
-            if !value.is_empty() {
-                check_file(key, env, value, secret)?;
-            }
-        }
-        if self.registry_username.is_empty() != self.registry_password_file.is_empty() {
-            return Err(err(
-                "--registry-password-file",
-                "ORDER_SAGA_REGISTRY_PASSWORD_FILE",
-                &self.registry_password_file,
-                "given together with --registry-username (both or neither)",
-            ));
-        }
-        if !self.registry_token_file.is_empty() && !self.registry_username.is_empty() {
-            return Err(err(
-                "--registry-token-file",
-                "ORDER_SAGA_REGISTRY_TOKEN_FILE",
-                &self.registry_token_file,
-                "empty when --registry-username is set (basic auth or a token, not both)",
-            ));
-        }
         Ok(())
     }
 
@@ -615,65 +581,83 @@ impl Security {
             c.set(key, value);
         }
     }
+}
 
-    /// Every setting as its environment variable, for child processes.
-    pub fn env_vars(&self) -> Vec<(&'static str, String)> {
-        vec![
+impl DatabaseSecurity {
+    /// Checks that the files named exist and a password file is not empty.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, env, value, secret) in [
             (
-                "ORDER_SAGA_KAFKA_SECURITY_PROTOCOL",
-                self.kafka_security_protocol.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SASL_MECHANISM",
-                self.kafka_sasl_mechanism.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SASL_USERNAME",
-                self.kafka_sasl_username.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SASL_PASSWORD_FILE",
-                self.kafka_sasl_password_file.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SSL_CA_FILE",
-                self.kafka_ssl_ca_file.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SSL_CERT_FILE",
-                self.kafka_ssl_cert_file.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SSL_KEY_FILE",
-                self.kafka_ssl_key_file.clone(),
-            ),
-            (
-                "ORDER_SAGA_KAFKA_SSL_ENDPOINT_IDENTIFICATION",
-                self.kafka_ssl_endpoint_identification.clone(),
-            ),
-            ("ORDER_SAGA_KAFKA_PROPERTIES", self.kafka_property.join(";")),
-            (
+                "--database-password-file",
                 "ORDER_SAGA_DATABASE_PASSWORD_FILE",
-                self.database_password_file.clone(),
+                &self.database_password_file,
+                true,
             ),
             (
+                "--database-ssl-root-cert",
                 "ORDER_SAGA_DATABASE_SSL_ROOT_CERT",
-                self.database_ssl_root_cert.clone(),
+                &self.database_ssl_root_cert,
+                false,
             ),
-            ("ORDER_SAGA_REGISTRY_CA_FILE", self.registry_ca_file.clone()),
+        ] {
+            if !value.is_empty() {
+                check_file(key, env, value, secret)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// The PostgreSQL password file, if one is set.
+    pub fn database_password_file(&self) -> Option<PathBuf> {
+        (!self.database_password_file.is_empty())
+            .then(|| PathBuf::from(&self.database_password_file))
+    }
+}
+
+impl RegistrySecurity {
+    /// Checks the files named and that one way of authenticating is chosen, not two.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        for (key, env, value, secret) in [
             (
-                "ORDER_SAGA_REGISTRY_USERNAME",
-                self.registry_username.clone(),
+                "--registry-ca-file",
+                "ORDER_SAGA_REGISTRY_CA_FILE",
+                &self.registry_ca_file,
+                false,
             ),
             (
+                "--registry-password-file",
                 "ORDER_SAGA_REGISTRY_PASSWORD_FILE",
-                self.registry_password_file.clone(),
+                &self.registry_password_file,
+                true,
             ),
             (
+                "--registry-token-file",
                 "ORDER_SAGA_REGISTRY_TOKEN_FILE",
-                self.registry_token_file.clone(),
+                &self.registry_token_file,
+                true,
             ),
-        ]
+        ] {
+            if !value.is_empty() {
+                check_file(key, env, value, secret)?;
+            }
+        }
+        if self.registry_username.is_empty() != self.registry_password_file.is_empty() {
+            return Err(err(
+                "--registry-password-file",
+                "ORDER_SAGA_REGISTRY_PASSWORD_FILE",
+                &self.registry_password_file,
+                "given together with --registry-username (both or neither)",
+            ));
+        }
+        if !self.registry_token_file.is_empty() && !self.registry_username.is_empty() {
+            return Err(err(
+                "--registry-token-file",
+                "ORDER_SAGA_REGISTRY_TOKEN_FILE",
+                &self.registry_token_file,
+                "empty when --registry-username is set (basic auth or a token, not both)",
+            ));
+        }
+        Ok(())
     }
 
     /// The registry client's security: CA, and basic auth or a token, read from files.
@@ -697,12 +681,6 @@ impl Security {
             ca_pem,
             credentials,
         })
-    }
-
-    /// The PostgreSQL password file, if one is set.
-    pub fn database_password_file(&self) -> Option<PathBuf> {
-        (!self.database_password_file.is_empty())
-            .then(|| PathBuf::from(&self.database_password_file))
     }
 }
 
@@ -752,10 +730,10 @@ mod tests {
     #[derive(Parser)]
     struct Cli {
         #[command(flatten)]
-        security: Security,
+        security: KafkaSecurity,
     }
 
-    fn parse(args: &[&str]) -> Security {
+    fn parse(args: &[&str]) -> KafkaSecurity {
         let mut all = vec!["order-saga"];
         all.extend_from_slice(args);
         match Cli::try_parse_from(all) {
@@ -889,7 +867,7 @@ mod tests {
         #[derive(Parser)]
         struct Full {
             #[command(flatten)]
-            config: crate::config::Config,
+            config: crate::config::ConfigArgs,
         }
         let full = Full::try_parse_from([
             "order-saga",
@@ -897,7 +875,7 @@ mod tests {
             "postgres://order:pa55word@db:5432/order",
         ])
         .unwrap();
-        let shown = format!("{:?}", full.config);
+        let shown = format!("{:?}", full.config.into_config());
         assert!(!shown.contains("pa55word"), "{shown}");
         assert!(shown.contains("order:***@db:5432"), "{shown}");
         use clap::CommandFactory;

@@ -662,18 +662,11 @@ mod tests {
         );
     }
 
-    #[derive(clap::Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
-
     fn parse(args: &[&str]) -> Config {
-        use clap::Parser;
         let mut all = vec!["order-saga"];
         all.extend_from_slice(args);
-        match Cli::try_parse_from(all) {
-            Ok(cli) => cli.config,
+        match Config::try_parse_from(all) {
+            Ok(config) => config,
             Err(e) => panic!("parse failed: {e}"),
         }
     }

@@ -10,8 +10,7 @@ use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
-use common::{order, produce_orders, random_prefix, spawn, Proc};
+use common::{order, produce_orders, random_prefix, spawn, spawn_tool, Proc};
 use order_saga::config::Config;
 use order_saga::kafka::admin;
 
@@ -36,12 +35,6 @@ fn stack_env() -> BTreeMap<String, String> {
         .filter_map(|l| l.split_once('='))
         .map(|(k, v)| (k.to_string(), v.trim_matches('\'').to_string()))
         .collect()
-}
-
-#[derive(Parser)]
-struct Cli {
-    #[command(flatten)]
-    config: Config,
 }
 
 /// The flags of the secured stack's settings, with `overrides` replacing any of them (by
@@ -99,8 +92,8 @@ fn secured_args(prefix: &str, overrides: &[(&str, &str)]) -> Vec<String> {
 }
 
 fn secured_config(prefix: &str, overrides: &[(&str, &str)]) -> Config {
-    let config = match Cli::try_parse_from(secured_args(prefix, overrides)) {
-        Ok(c) => c.config,
+    let config = match Config::try_parse_from(secured_args(prefix, overrides)) {
+        Ok(config) => config,
         Err(e) => panic!("secured config does not parse: {e}"),
     };
     config.validate().expect("secured config validates");
@@ -155,7 +148,7 @@ async fn the_saga_runs_end_to_end_over_sasl_ssl_verified_postgres_tls_and_https_
     let (_prefix, config) = secured_topics().await;
     let codec = order_saga::cli::codec(&config).expect("https registry codec");
     let mut processor = spawn(&config, "p0", &["run"]);
-    let mut simulator = spawn(&config, "sim", &["simulate"]);
+    let mut simulator = spawn_tool(&config, "sim", &["simulate"]);
     let producer = common::producer(&config);
     let orders: Vec<_> = (0..5).map(order).collect();
     produce_orders(&producer, &config, &codec, &orders).await;
@@ -426,8 +419,8 @@ async fn scram_sha_256_and_pass_through_properties_work_on_the_secured_listener(
         ]
         .map(String::from),
     );
-    let config = match Cli::try_parse_from(args) {
-        Ok(c) => c.config,
+    let config = match Config::try_parse_from(args) {
+        Ok(config) => config,
         Err(e) => panic!("{e}"),
     };
     config.validate().expect("valid");
@@ -463,8 +456,8 @@ async fn mutual_tls_with_a_client_certificate_is_accepted_and_without_one_refuse
         "--kafka-ssl-key-file".to_string(),
         env["STACK_SECURE_CLIENT_KEY_FILE"].clone(),
     ]);
-    let with_cert = match Cli::try_parse_from(args) {
-        Ok(c) => c.config,
+    let with_cert = match Config::try_parse_from(args) {
+        Ok(config) => config,
         Err(e) => panic!("{e}"),
     };
     with_cert.validate().expect("valid");

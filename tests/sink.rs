@@ -16,7 +16,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::StreamExt;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
@@ -78,12 +77,6 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
-}
-
-#[derive(Parser)]
-struct TestCli {
-    #[command(flatten)]
-    config: Config,
 }
 
 /// Connects, retrying while the server is (re)starting.
@@ -148,8 +141,8 @@ impl Env {
             "--stats-interval-s",
             "2",
         ];
-        let config = match TestCli::try_parse_from(args) {
-            Ok(cli) => cli.config,
+        let config = match Config::try_parse_from(args) {
+            Ok(config) => config,
             Err(e) => panic!("test config: {e}"),
         };
         let topic = config.topics().name(topics::ORDER_STATUS);

@@ -154,8 +154,8 @@ pub fn connection(
         }
     }
     let root = url_root.or_else(|| {
-        (!security.database_ssl_root_cert.is_empty())
-            .then(|| security.database_ssl_root_cert.clone())
+        (!security.database.database_ssl_root_cert.is_empty())
+            .then(|| security.database.database_ssl_root_cert.clone())
     });
     let mut builder = SslConnector::builder(SslMethod::tls())
         .map_err(|e| TlsSettingsError::Tls(e.to_string()))?;

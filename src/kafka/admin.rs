@@ -40,10 +40,10 @@ pub enum AdminError {
 
 impl AdminError {
     fn access(config: &Config, failure: AccessFailure) -> Self {
-        let user = &config.security.kafka_sasl_username;
+        let user = &config.security.kafka.kafka_sasl_username;
         AdminError::Access {
             bootstrap: config.bootstrap.clone(),
-            protocol: config.security.kafka_security_protocol.clone(),
+            protocol: config.security.kafka.kafka_security_protocol.clone(),
             user: if user.is_empty() {
                 String::new()
             } else {

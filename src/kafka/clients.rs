@@ -137,13 +137,6 @@ impl rdkafka::consumer::ConsumerContext for EofAwareContext {}
 #[cfg(test)]
 mod tests {
     use super::*;
-    use clap::Parser;
-
-    #[derive(Parser)]
-    struct Cli {
-        #[command(flatten)]
-        config: Config,
-    }
 
     fn config(args: &[&str]) -> Config {
         let mut all = vec![
@@ -154,7 +147,7 @@ mod tests {
             "order-saga-1",
         ];
         all.extend_from_slice(args);
-        Cli::try_parse_from(all).unwrap().config
+        Config::try_parse_from(all).unwrap()
     }
 
     #[test]

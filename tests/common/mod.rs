@@ -10,7 +10,6 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use clap::Parser;
 use futures::StreamExt;
 use rdkafka::consumer::{BaseConsumer, Consumer, StreamConsumer};
 use rdkafka::error::KafkaError;
@@ -59,12 +58,6 @@ pub fn random_prefix() -> String {
     format!("t{}-", &uuid::Uuid::new_v4().simple().to_string()[..12])
 }
 
-#[derive(Parser)]
-struct TestCli {
-    #[command(flatten)]
-    config: Config,
-}
-
 /// A configuration for the topics behind `prefix`, with `extra` flags.
 pub fn config(prefix: &str, extra: &[&str]) -> Config {
     let boot = bootstrap();
@@ -87,8 +80,8 @@ pub fn config(prefix: &str, extra: &[&str]) -> Config {
         prefix,
     ];
     args.extend_from_slice(extra);
-    match TestCli::try_parse_from(args) {
-        Ok(c) => c.config,
+    match Config::try_parse_from(args) {
+        Ok(config) => config,
         Err(e) => panic!("test config does not parse: {e}"),
     }
 }
@@ -96,8 +89,8 @@ pub fn config(prefix: &str, extra: &[&str]) -> Config {
 pub fn codec() -> Arc<Codec> {
     // The registry's CA and credentials come from the same ORDER_SAGA_* variables as the
     // program's, so these helpers work against a secured registry too.
-    let auth = TestCli::try_parse_from(["test"])
-        .map(|c| c.config.security)
+    let auth = Config::try_parse_from(["test"])
+        .map(|c| c.security)
         .unwrap_or_default()
         .registry_auth()
         .expect("registry CA, password or token file");
@@ -168,6 +161,29 @@ impl Drop for Proc {
 /// Starts `order-saga <args>` against the topics of `config`, logging to a file under
 /// `target/test-logs/`.
 pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
+    spawn_bin(
+        &PathBuf::from(env!("CARGO_BIN_EXE_order-saga")),
+        config,
+        instance,
+        args,
+    )
+}
+
+/// Starts `order-saga-tools <args>` (the simulator, the load generator) like [`spawn`].
+/// The tools are another package of the workspace, so cargo does not hand this test its
+/// path: it is the binary beside `order-saga`, built by `cargo test --workspace`.
+pub fn spawn_tool(config: &Config, instance: &str, args: &[&str]) -> Proc {
+    let bin = PathBuf::from(env!("CARGO_BIN_EXE_order-saga")).with_file_name("order-saga-tools");
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (or build it with \
+         `cargo build -p order-saga-tools`)",
+        bin.display()
+    );
+    spawn_bin(&bin, config, instance, args)
+}
+
+fn spawn_bin(bin: &std::path::Path, config: &Config, instance: &str, args: &[&str]) -> Proc {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join("test-logs");
@@ -179,7 +195,7 @@ pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
         args.join("-")
     ));
     let file = std::fs::File::create(&log).expect("log file");
-    let child = Command::new(env!("CARGO_BIN_EXE_order-saga"))
+    let child = Command::new(bin)
         .args(args)
         .envs(config.env_vars())
         .env("ORDER_SAGA_INSTANCE_ID", instance)
@@ -189,7 +205,7 @@ pub fn spawn(config: &Config, instance: &str, args: &[&str]) -> Proc {
         .stdout(file.try_clone().expect("log file"))
         .stderr(file)
         .spawn()
-        .expect("spawn order-saga");
+        .unwrap_or_else(|e| panic!("spawn {}: {e}", bin.display()));
     Proc { child, log }
 }
 

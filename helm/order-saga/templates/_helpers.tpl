@@ -292,7 +292,7 @@ affinity:
 
 {{/* The exec probes of a container whose components are given as a list. */}}
 {{- define "order-saga.probes" -}}
-{{- $health := list "/usr/local/bin/order-saga" "--heartbeat-file" "/run/order-saga/heartbeat" "health" "--liveness-timeout-ms" (.root.Values.probes.livenessTimeoutMs | int64 | toString) -}}
+{{- $health := list "/usr/local/bin/order-saga" "health" "--heartbeat-file" "/run/order-saga/heartbeat" "--liveness-timeout-ms" (.root.Values.probes.livenessTimeoutMs | int64 | toString) -}}
 {{- range .components }}{{ $health = concat $health (list "--component" .) }}{{ end -}}
 {{- $period := .root.Values.probes.periodSeconds | int64 -}}
 startupProbe:

@@ -7,7 +7,7 @@
 //! customer's cancel, so an event for an order with no state is **held** in an
 //! [`Early`] entry, which the processor keeps and restores like any order state.
 //!
-//! - When the create arrives, [`Policy::release`] decides the create and then every held
+//! - When the create arrives, `Policy::release` decides the create and then every held
 //!   event in timestamp order. A held cancel means the customer canceled before any
 //!   command could have been sent, so the order is created `CANCELED` with no command.
 //! - A held event whose create has not arrived within the grace period
@@ -275,7 +275,7 @@ impl Policy {
 mod tests {
     use super::super::test_support::*;
     use super::*;
-    use crate::saga::{command_id, Action, Outcome};
+    use crate::{command_id, Action, Outcome};
 
     fn hold(policy: &Policy, early: Option<&Early>, event: &Event, ts: Millis) -> Early {
         match policy.decide_early(early, event, ts, None, T0) {

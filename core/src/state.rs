@@ -200,7 +200,7 @@ pub struct OrderState {
 
 impl OrderState {
     /// A fresh state for `request`, with no commands, at version 1.
-    pub(crate) fn new(
+    pub fn new(
         request: &OrderRequest,
         status: Status,
         reason: Option<String>,

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use anyhow::bail;
 use clap::{Args, Parser, ValueEnum};
 
-use order_saga::config::Config;
+use order_saga::config::ConfigArgs;
 
 #[derive(Parser)]
 #[command(
@@ -15,7 +15,7 @@ use order_saga::config::Config;
 )]
 pub struct Cli {
     #[command(flatten)]
-    pub config: Config,
+    pub config: ConfigArgs,
     #[command(flatten)]
     pub bench: BenchArgs,
 }
@@ -87,6 +87,14 @@ pub struct BenchArgs {
     /// The order-saga binary to run as child processes.
     #[arg(long, env = "BENCH_BIN", default_value = "target/release/order-saga")]
     pub bin: PathBuf,
+
+    /// The order-saga-tools binary whose `simulate` answers the processor's commands.
+    #[arg(
+        long,
+        env = "BENCH_TOOLS_BIN",
+        default_value = "target/release/order-saga-tools"
+    )]
+    pub tools_bin: PathBuf,
 
     /// Also copy `latest.md` and `latest.png` into this directory (committed results).
     #[arg(long, env = "BENCH_PUBLISH_DIR")]

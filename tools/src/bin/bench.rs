@@ -9,7 +9,7 @@
 //! 1. **copier**: a raw transactional copier (rdkafka only, no decoding) that consumes and
 //!    produces as many records per order as the saga, with the same client settings and
 //!    commit interval: the limit of this broker for this workload.
-//! 2. **saga**: `order-saga run --no-sink` and `order-saga simulate` (instant services) as
+//! 2. **saga**: `order-saga run --no-sink` and `order-saga-tools simulate` (instant services) as
 //!    child processes; N orders as fast as possible (throughput, latency under saturation,
 //!    RSS, CPU), then orders at a paced rate (latency below saturation).
 //! 3. **sink**: `order-saga sink` with a fresh group on the saga's topics: catch-up rows/s,
@@ -59,7 +59,8 @@ async fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = args::Cli::parse();
-    if let Err(e) = cli.config.validate() {
+    let config = cli.config.into_config();
+    if let Err(e) = config.validate() {
         eprintln!("bench: {e}");
         return ExitCode::from(2);
     }
@@ -67,7 +68,7 @@ async fn main() -> ExitCode {
         eprintln!("bench: {e:#}");
         return ExitCode::from(2);
     }
-    match run::run(cli.config, cli.bench).await {
+    match run::run(config, cli.bench).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("bench: {e:#}");

@@ -1,4 +1,4 @@
-//! `order-saga simulate`: a test double of the four downstream services.
+//! `order-saga-tools simulate`: a test double of the four downstream services.
 //!
 //! It consumes the command topics (`inventory-reserve-request`, `payment-process-request`,
 //! `shipping-schedule-request`, `notification-send-request`) as consumer group
@@ -42,17 +42,17 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer a
 use rdkafka::util::Timeout;
 use tracing::{debug, info, warn};
 
-use crate::config::Config;
-use crate::contracts::records::{
+use crate::load::{hash_str, now_millis, parse_share, unit_from_bits, Rng};
+use order_saga::config::Config;
+use order_saga::contracts::records::{
     ActionSymbol, InventoryCommand, NotificationCommand, OutcomeSymbol, PaymentCommand,
     ShippingCommand, StepResultRecord,
 };
-use crate::contracts::{Codec, CodecError};
-use crate::kafka::clients::{plain_producer, read_committed_consumer};
-use crate::load::{hash_str, now_millis, parse_share, unit_from_bits, Rng};
-use crate::retry::Backoff;
-use crate::saga::{Action, Millis, Outcome, Step};
-use crate::topics::{self, Topics};
+use order_saga::contracts::{Codec, CodecError};
+use order_saga::kafka::clients::{plain_producer, read_committed_consumer};
+use order_saga::retry::Backoff;
+use order_saga::saga::{Action, Millis, Outcome, Step};
+use order_saga::topics::{self, Topics};
 
 /// The longest a result waits in the reorder window.
 pub const REORDER_MAX_HOLD: Duration = Duration::from_millis(50);
@@ -92,7 +92,7 @@ pub enum SimulateError {
     Flush(#[source] KafkaError),
 }
 
-/// The flags of `order-saga simulate`.
+/// The flags of `order-saga-tools simulate`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct SimulateArgs {
     /// Consumer group of the simulator; default `<application-id>-simulator`.
@@ -812,7 +812,7 @@ async fn wake_at(at: Option<Instant>) {
     }
 }
 
-/// `order-saga simulate`: answers commands until `shutdown` completes, then sends what it
+/// `order-saga-tools simulate`: answers commands until `shutdown` completes, then sends what it
 /// still holds, flushes the producer and commits its offsets.
 pub async fn run(
     config: Config,
@@ -982,8 +982,8 @@ async fn handle_message(sim: &mut Simulator, message: &BorrowedMessage<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::command_id;
     use clap::Parser;
+    use order_saga::saga::command_id;
 
     #[derive(Parser)]
     struct Cli {

@@ -7,12 +7,12 @@ use anyhow::{bail, Context as _};
 
 use order_saga::contracts::records::{OrderCreate, StepResultRecord};
 use order_saga::contracts::Codec;
-use order_saga::load::{sample_order, Rng};
 use order_saga::processor::wire;
 use order_saga::saga::{
     Action, Command, Decision, Event, Millis, OrderRequest, OrderState, Outcome, Policy, StepResult,
 };
 use order_saga::topics;
+use order_saga_tools::load::{sample_order, Rng};
 
 /// The forward actions in saga order.
 pub const FORWARD: [Action; 4] = [

@@ -28,9 +28,9 @@ use order_saga::config::Config;
 use order_saga::contracts::Codec;
 use order_saga::kafka::flush::flush;
 use order_saga::kafka::{classify, clients, ErrorClass};
-use order_saga::load::{now_millis, Rng};
 use order_saga::saga::Policy;
 use order_saga::topics;
+use order_saga_tools::load::{now_millis, Rng};
 
 use crate::fixtures::{self, OutputTemplates};
 

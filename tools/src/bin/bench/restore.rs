@@ -11,10 +11,10 @@ use serde::Serialize;
 use order_saga::config::Config;
 use order_saga::contracts::Codec;
 use order_saga::kafka::clients;
-use order_saga::load::{now_millis, Rng};
 use order_saga::processor::wire;
 use order_saga::saga::{Millis, Policy};
 use order_saga::topics;
+use order_saga_tools::load::{now_millis, Rng};
 
 use crate::args::BenchArgs;
 use crate::child::{self, Proc};

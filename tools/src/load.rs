@@ -1,4 +1,4 @@
-//! `order-saga load`: an upstream service that publishes sample orders.
+//! `order-saga-tools load`: an upstream service that publishes sample orders.
 //!
 //! It produces `--orders` Avro `OrderCreate` records on `order-create-request` (key = order
 //! id, murmur2 partitioner, like a Java producer) at about `--rate` orders per second,
@@ -27,13 +27,13 @@ use serde::Serialize;
 use tracing::{info, warn};
 use uuid::Uuid;
 
-use crate::config::Config;
-use crate::contracts::records::{OrderCancel, OrderCreate};
-use crate::contracts::{Codec, CodecError};
-use crate::kafka::clients::plain_producer;
-use crate::retry::Backoff;
-use crate::saga::{Address, CancelRequest, Item, Millis, OrderRequest};
-use crate::topics::{self, Topics};
+use order_saga::config::Config;
+use order_saga::contracts::records::{OrderCancel, OrderCreate};
+use order_saga::contracts::{Codec, CodecError};
+use order_saga::kafka::clients::plain_producer;
+use order_saga::retry::Backoff;
+use order_saga::saga::{Address, CancelRequest, Item, Millis, OrderRequest};
+use order_saga::topics::{self, Topics};
 
 /// How long a run waits for an unreachable schema registry before it gives up.
 const REGISTRY_WAIT: Duration = Duration::from_secs(60);
@@ -105,7 +105,7 @@ pub fn parse_share(s: &str) -> Result<f64, String> {
     }
 }
 
-/// The flags of `order-saga load`.
+/// The flags of `order-saga-tools load`.
 #[derive(Debug, Clone, clap::Args)]
 pub struct LoadArgs {
     /// Number of orders to create.
@@ -645,7 +645,7 @@ async fn sleep_until(at: Instant) {
     }
 }
 
-/// `order-saga load`: publishes the orders and returns what was sent. Logs progress every
+/// `order-saga-tools load`: publishes the orders and returns what was sent. Logs progress every
 /// `--stats-interval-s` and the report at the end, and prints the report as one JSON line
 /// on stdout for scripts.
 pub async fn run(
@@ -800,8 +800,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::saga::validate::{validate_order, InvalidOrder};
-    use crate::saga::Policy;
+    use order_saga::saga::validate::{validate_order, InvalidOrder};
+    use order_saga::saga::Policy;
 
     #[test]
     fn the_same_seed_gives_the_same_sequence() {

@@ -39,7 +39,7 @@ fn git_commit() -> Option<String> {
 }
 
 fn utc_now() -> String {
-    let secs = order_saga::load::now_millis() / 1000;
+    let secs = order_saga_tools::load::now_millis() / 1000;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (Howard Hinnant).
     let z = days + 719_468;
@@ -92,6 +92,12 @@ pub async fn run(config: Config, args: BenchArgs) -> anyhow::Result<()> {
         bail!(
             "{} not found: build it first (cargo build --release)",
             args.bin.display()
+        );
+    }
+    if args.runs(Phase::Saga) && !args.tools_bin.exists() {
+        bail!(
+            "{} not found: build it first (cargo build --release --workspace)",
+            args.tools_bin.display()
         );
     }
     let codec = order_saga::cli::codec(&config)?;
@@ -248,8 +254,8 @@ async fn run_copier(
     let started = std::time::Instant::now();
     let bytes_in = copier::prefill(cfg, codec, args.copier_orders(), run_id).await?;
     let prefill_seconds = started.elapsed().as_secs_f64();
-    let now = order_saga::load::now_millis();
-    let mut rng = order_saga::load::Rng::new(now as u64);
+    let now = order_saga_tools::load::now_millis();
+    let mut rng = order_saga_tools::load::Rng::new(now as u64);
     let sample = fixtures::order(&mut rng, run_id, now);
     let templates =
         Arc::new(OutputTemplates::build(codec, &Policy::default(), &sample, now).await?);

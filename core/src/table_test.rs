@@ -5,7 +5,7 @@
 use super::test_support::*;
 use super::*;
 
-const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md"));
+const README: &str = include_str!(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md"));
 const BEGIN: &str = "<!-- saga-table:begin -->";
 const END: &str = "<!-- saga-table:end -->";
 

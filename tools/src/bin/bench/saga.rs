@@ -12,9 +12,9 @@ use serde::Serialize;
 
 use order_saga::config::Config;
 use order_saga::contracts::Codec;
-use order_saga::load::{now_millis, OrderPublisher, Rng};
 use order_saga::saga::Millis;
 use order_saga::topics;
+use order_saga_tools::load::{now_millis, OrderPublisher, Rng};
 
 use crate::args::BenchArgs;
 use crate::child::{self, Proc};
@@ -236,7 +236,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         log("processor"),
     )?;
     let mut simulator = Proc::spawn(
-        &args.bin,
+        &args.tools_bin,
         "simulator",
         config,
         &[

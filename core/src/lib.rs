@@ -1,4 +1,11 @@
-//! The order saga: pure decision logic with no I/O.
+//! order-saga-core: the order saga's rules, pure decision logic with no I/O.
+//!
+//! # Layout
+//!
+//! The bottom crate of the workspace: the service (`order-saga`, which re-exports this
+//! crate as `order_saga::saga`) and, through it, the tools build on it; it depends on
+//! neither. Its own crate so that purity is enforced by the manifest: with only `serde`
+//! and `uuid` to use, no rule can open a socket, await or read the clock.
 //!
 //! The core is [`decide()`] (or [`Policy::decide`]): given an order's current state (if
 //! any), one event and the current time, it returns a [`Decision`]: apply a new
