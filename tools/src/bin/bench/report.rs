@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::copier::CopierResult;
-use crate::restore::{RestoreResult, FLAT_PER_ORDER_KIB, FLAT_SLACK_MIB};
+use crate::restore::RestoreResult;
 use crate::saga::SagaResult;
 use crate::txn::TxnResult;
 
@@ -58,65 +58,82 @@ fn pct(x: f64) -> String {
 }
 
 impl Results {
+    /// The targets of the latency and throughput work, each beside this run's figure.
+    /// Timed figures are reported, never asserted: they depend on the machine's load.
     pub fn evaluate(&mut self) {
-        let commit = self.conditions.commit_interval_ms as f64;
+        fn target(name: &str, figure: Option<String>, aim: &str, met: Option<bool>) -> Target {
+            Target {
+                name: name.into(),
+                figure: figure.unwrap_or_else(|| "-".into()),
+                target: aim.into(),
+                met,
+            }
+        }
         let mut t = Vec::new();
-        t.push(Target {
-            name: "processor vs copier records/s".into(),
-            figure: self.ratio.map(pct).unwrap_or_else(|| "-".into()),
-            target: "≥ 70 %".into(),
-            met: self.ratio.map(|r| r >= 0.7),
-        });
-        let p99 = self
-            .saga
-            .as_ref()
-            .and_then(|s| s.paced.as_ref())
-            .map(|p| p.latency_ms.p99);
-        t.push(Target {
-            name: "p99 create → COMPLETED (paced)".into(),
-            figure: p99
-                .map(|v| format!("{v:.0} ms"))
-                .unwrap_or_else(|| "-".into()),
-            target: format!("≤ 5 × commit interval = {:.0} ms", 5.0 * commit),
-            met: p99.map(|v| v <= 5.0 * commit),
-        });
+        let saga = self.saga.as_ref();
+        let paced = saga.and_then(|s| s.paced.as_ref());
+        let rate = paced.and_then(|p| p.target_rate).unwrap_or(0.0);
+        for (name, aim_ms, pick) in [
+            ("paced p50 create → COMPLETED", 150.0, 0usize),
+            ("paced p99 create → COMPLETED", 400.0, 1),
+        ] {
+            let v = paced.map(|p| [p.latency_ms.p50, p.latency_ms.p99][pick]);
+            t.push(target(
+                name,
+                v.map(|v| format!("{v:.0} ms at {rate:.0} orders/s")),
+                &format!("≤ {aim_ms:.0} ms at 1,000 orders/s"),
+                v.map(|v| v <= aim_ms && rate >= 1000.0),
+            ));
+        }
+        let sat = saga.map(|s| s.saturated.orders_per_s);
+        t.push(target(
+            "saturated orders/s end to end",
+            sat.map(|v| match self.ratio {
+                Some(r) => format!("{v:.0} ({} of the copier's records/s)", pct(r)),
+                None => format!("{v:.0}"),
+            }),
+            "≥ 8,000",
+            sat.map(|v| v >= 8000.0),
+        ));
+        let cpu = saga.map(|s| s.cpu_s_per_1000_orders);
+        t.push(target(
+            "processor CPU per 1,000 orders",
+            cpu.map(|v| format!("{v:.3} s")),
+            "≤ 0.05 s",
+            cpu.map(|v| v <= 0.05),
+        ));
+        let rss = saga.map(|s| s.peak_rss_mib);
+        t.push(target(
+            "processor peak RSS (saturated and paced)",
+            rss.map(|v| format!("{v:.0} MiB")),
+            "≤ 64 MiB",
+            rss.map(|v| v <= 64.0),
+        ));
         let r = self.restore.as_ref();
-        t.push(Target {
-            name: "RSS flat after eviction".into(),
-            figure: r
-                .map(|r| {
-                    format!(
-                        "{:.0} → {:.0} MiB ({} orders kept)",
-                        r.rss_before_mib, r.rss_after_mib, r.orders_kept
-                    )
-                })
-                .unwrap_or_else(|| "-".into()),
-            target: format!(
-                "after ≤ before + {FLAT_SLACK_MIB:.0} MiB + {FLAT_PER_ORDER_KIB:.0} KiB × kept"
-            ),
-            met: r.map(|r| r.rss_flat),
+        t.push(target(
+            "restore speed",
+            r.map(|r| format!("{:.0} records/s", r.records_per_s)),
+            "≥ 500,000 records/s",
+            r.map(|r| r.records_per_s >= 500_000.0),
+        ));
+        let per_order = r.filter(|r| r.orders_kept > 0).map(|r| {
+            (r.rss_after_mib - r.rss_before_mib).max(0.0) * 1_048_576.0 / r.orders_kept as f64
         });
-        t.push(Target {
-            name: "restore speed".into(),
-            figure: r
-                .map(|r| format!("{:.0} records/s", r.records_per_s))
-                .unwrap_or_else(|| "-".into()),
-            target: "≥ 200,000 records/s".into(),
-            met: r.map(|r| r.records_per_s >= 200_000.0),
-        });
-        let lag = self
-            .saga
-            .as_ref()
+        t.push(target(
+            "memory per order in flight (RSS growth ÷ orders restored)",
+            per_order.map(|v| format!("{v:.0} bytes")),
+            "≤ 500 bytes",
+            per_order.map(|v| v <= 500.0),
+        ));
+        let lag = saga
             .and_then(|s| s.sink.as_ref())
             .map(|s| s.lag_after_last_record_ms);
-        t.push(Target {
-            name: "sink lag after the last record".into(),
-            figure: lag
-                .map(|l| format!("{l:.0} ms"))
-                .unwrap_or_else(|| "-".into()),
-            target: "< 1 s".into(),
-            met: lag.map(|l| l < 1000.0),
-        });
+        t.push(target(
+            "sink lag after the last record",
+            lag.map(|l| format!("{l:.0} ms")),
+            "< 1 s",
+            lag.map(|l| l < 1000.0),
+        ));
         self.targets = t;
     }
 
@@ -160,6 +177,20 @@ impl Results {
         let mut row = |k: &str, v: String| {
             let _ = writeln!(m, "| {k} | {v} |");
         };
+        if let Some(x) = &self.txn {
+            row(
+                "commit floor: one transaction of one record to each of N partitions + offsets (p50 / p99)",
+                format!(
+                    "{:.1} / {:.1} ms (N = {}, {} transactions; commit alone {:.1} / {:.1} ms)",
+                    x.hop_ms.p50,
+                    x.hop_ms.p99,
+                    x.partitions_touched,
+                    x.transactions,
+                    x.commit_ms.p50,
+                    x.commit_ms.p99
+                ),
+            );
+        }
         if let Some(cp) = &self.copier {
             row(
                 "copier (the limit): records/s in + out",
@@ -224,6 +255,12 @@ impl Results {
                         p.orders
                     ),
                 );
+                for h in &p.hops_ms {
+                    row(
+                        &format!("paced hop {} (p50 / p95 / p99)", h.hop),
+                        format!("{:.0} / {:.0} / {:.0} ms", h.ms.p50, h.ms.p95, h.ms.p99),
+                    );
+                }
             }
             let window = s.saturated.window_s;
             if s.transactions > 0 && window > 0.0 {

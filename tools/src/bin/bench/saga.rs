@@ -1,5 +1,6 @@
 //! The processor with instant simulated services, and the PostgreSQL sink behind it.
 
+use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, PoisonError};
@@ -64,6 +65,22 @@ impl Percentiles {
     }
 }
 
+/// One hop of an order's way, between two of its status records.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Hop {
+    pub hop: &'static str,
+    pub ms: Percentiles,
+}
+
+/// The hops of the happy path, in order.
+pub const HOPS: [&str; 5] = [
+    "create → CREATED",
+    "CREATED → RESERVED",
+    "RESERVED → PAID",
+    "PAID → SHIPPING_SCHEDULED",
+    "SHIPPING_SCHEDULED → COMPLETED",
+];
+
 /// One load of orders through the processor.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct LoadPhase {
@@ -84,6 +101,9 @@ pub struct LoadPhase {
     pub steady_orders_per_s: f64,
     /// create → COMPLETED (`updated_at − created_at`), ms.
     pub latency_ms: Percentiles,
+    /// The same, hop by hop: from the create to the first decision, then from each
+    /// decision to the next (the commit, the simulated service, the next read), ms.
+    pub hops_ms: Vec<Hop>,
     #[serde(skip)]
     pub latencies: Vec<f64>,
     #[serde(skip)]
@@ -431,7 +451,10 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     sampler.stop();
 
     // Decode the completions, now that nothing else runs.
-    let wanted = tracker.lock().fifth.clone();
+    let (wanted, stamps) = {
+        let g = tracker.lock();
+        (g.fifth.clone(), g.stamps.clone())
+    };
     drop(tracker);
     let (cfg, codec, parts) = (config.clone(), ctx.codec.clone(), args.partitions);
     let handle = tokio::runtime::Handle::current();
@@ -441,9 +464,9 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     })
     .await
     .context("decoder thread")??;
-    fill(&mut result.saturated, &decoded, SATURATED);
+    fill(&mut result.saturated, &decoded, &stamps, SATURATED);
     if let Some(p) = result.paced.as_mut() {
-        fill(p, &decoded, PACED);
+        fill(p, &decoded, &stamps, PACED);
     }
     let window = result.saturated.window_s;
     result.records_per_s = if window > 0.0 {
@@ -478,7 +501,12 @@ fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
 }
 
 /// Fills a phase's window, orders/s and latencies from the decoded completions.
-fn fill(phase: &mut LoadPhase, decoded: &[status::Completed], which: usize) {
+fn fill(
+    phase: &mut LoadPhase,
+    decoded: &[status::Completed],
+    stamps: &HashMap<(i32, i64), [Millis; 5]>,
+    which: usize,
+) {
     let mine: Vec<&status::Completed> = decoded
         .iter()
         .filter(|c| c.phase == which && c.status == "COMPLETED")
@@ -506,6 +534,24 @@ fn fill(phase: &mut LoadPhase, decoded: &[status::Completed], which: usize) {
         .collect();
     let mut l = phase.latencies.clone();
     phase.latency_ms = Percentiles::of(&mut l);
+    let mut hops: Vec<Vec<f64>> = vec![Vec::with_capacity(mine.len()); HOPS.len()];
+    for c in &mine {
+        let (Some(ts), Some(created)) = (stamps.get(&c.at), c.created_at) else {
+            continue;
+        };
+        hops[0].push((ts[0] - created) as f64);
+        for (k, pair) in ts.windows(2).enumerate() {
+            hops[k + 1].push((pair[1] - pair[0]) as f64);
+        }
+    }
+    phase.hops_ms = HOPS
+        .iter()
+        .zip(hops.iter_mut())
+        .map(|(hop, values)| Hop {
+            hop,
+            ms: Percentiles::of(values),
+        })
+        .collect();
 }
 
 const SINK_OFFSETS: &str = "SELECT coalesce(sum(next_offset), 0)::bigint FROM sink_offsets \

@@ -32,13 +32,17 @@ pub const RECORDS_PER_ORDER: u8 = 5;
 pub struct Track {
     /// Order id → phase, registered before the order is produced.
     pub phase_of: HashMap<String, usize>,
-    per_key: HashMap<String, u8>,
+    /// Per order: status records seen, and the timestamps of the first five.
+    per_key: HashMap<String, (u8, [Millis; RECORDS_PER_ORDER as usize])>,
     /// Orders completed, per phase.
     pub completed: Vec<u64>,
     /// (phase, record timestamp ms) of every completion, in the order seen.
     pub completions: Vec<(usize, Millis)>,
     /// (partition, offset) → phase of every fifth record.
     pub fifth: HashMap<(i32, i64), usize>,
+    /// (partition, offset) of every fifth record → the timestamps of the order's five
+    /// status records: the time of each decision, so their differences are the hops.
+    pub stamps: HashMap<(i32, i64), [Millis; RECORDS_PER_ORDER as usize]>,
     pub records: u64,
     /// Per partition, the offset after the last record seen.
     pub next_offsets: BTreeMap<i32, i64>,
@@ -95,19 +99,23 @@ impl Tracker {
                 let Some(key) = msg.key().and_then(|k| std::str::from_utf8(k).ok()) else {
                     continue;
                 };
-                let n = {
-                    let n = g.per_key.entry(key.to_string()).or_insert(0);
+                let ts = msg.timestamp().to_millis().unwrap_or(0);
+                let (n, stamps) = {
+                    let (n, stamps) = g.per_key.entry(key.to_string()).or_default();
+                    if let Some(slot) = stamps.get_mut(usize::from(*n)) {
+                        *slot = ts;
+                    }
                     *n = n.saturating_add(1);
-                    *n
+                    (*n, *stamps)
                 };
                 if n == RECORDS_PER_ORDER {
                     if let Some(phase) = g.phase_of.get(key).copied() {
                         if let Some(c) = g.completed.get_mut(phase) {
                             *c += 1;
                         }
-                        let ts = msg.timestamp().to_millis().unwrap_or(0);
                         g.completions.push((phase, ts));
                         g.fifth.insert((msg.partition(), msg.offset()), phase);
+                        g.stamps.insert((msg.partition(), msg.offset()), stamps);
                     }
                 }
             }
@@ -183,6 +191,8 @@ impl Drop for Tracker {
 #[derive(Debug, Clone)]
 pub struct Completed {
     pub phase: usize,
+    /// Where the fifth status record is: the key of `Track::stamps`.
+    pub at: (i32, i64),
     pub status: String,
     pub created_at: Option<Millis>,
     pub updated_at: Millis,
@@ -236,6 +246,7 @@ pub fn decode_at(
                     .unwrap_or_else(|_| "UNKNOWN".into());
                 out.push(Completed {
                     phase,
+                    at: (msg.partition(), msg.offset()),
                     status,
                     created_at: rec.created_at,
                     updated_at: rec.updated_at,
