@@ -1420,6 +1420,66 @@ async fn a_record_postgres_refuses_is_set_aside_and_every_other_row_written_exac
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_that_is_not_the_data_s_is_retried_and_rejects_nothing() {
+    let _pg = PG_RESTART.read().await;
+    let env = Env::new(2).await;
+    let mut db = env.db().await;
+    order_saga::db::migrate(&mut db).await.expect("migrate");
+    // Every write to `orders` fails with a serialization failure while `outage.failing`
+    // is set; a sequence (not rolled back) counts the attempts.
+    db.batch_execute(
+        "CREATE SEQUENCE attempts;
+         CREATE TABLE outage (failing boolean NOT NULL);
+         INSERT INTO outage VALUES (true);
+         CREATE FUNCTION fail_while_out() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM nextval('attempts');
+             IF (SELECT failing FROM outage) THEN
+                 RAISE EXCEPTION 'simulated serialization failure' USING ERRCODE = '40001';
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER fail_while_out BEFORE INSERT ON orders
+             FOR EACH STATEMENT EXECUTE FUNCTION fail_while_out();",
+    )
+    .await
+    .expect("set up the outage");
+    let changelog = interleaved(&orders(30, now_ms()));
+    env.produce(&changelog).await;
+
+    let sink = env.start_sink();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = db
+            .query_one("SELECT last_value, is_called FROM attempts", &[])
+            .await
+            .expect("attempts");
+        let (tried, called): (i64, bool) = (row.get(0), row.get(1));
+        if called && tried >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sink never tried to write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written: i64 = db
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count orders")
+        .get(0);
+    assert_eq!(written, 0, "written through a failing trigger");
+    assert!(rejects(&db).await.is_empty(), "rows blamed for an outage");
+
+    db.batch_execute("UPDATE outage SET failing = false")
+        .await
+        .expect("end the outage");
+    wait_caught_up(&env, &changelog).await;
+    assert_fold(&db, &changelog).await;
+    assert!(rejects(&db).await.is_empty(), "rows blamed for an outage");
+    sink.stop().await;
+    env.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undecodable_records_and_tombstones_are_skipped_and_the_records_around_them_applied() {
     let _pg = PG_RESTART.read().await;
     let env = Env::new(1).await;
