@@ -66,9 +66,9 @@
 //!
 //! # Change feed
 //!
-//! After each committed batch that inserted or updated at least one row, listeners of
-//! channel `order_status_changed` receive (only on commit, as `pg_notify` is
-//! transactional) a JSON payload well under PostgreSQL's 8000-byte limit:
+//! After each committed batch that inserted or updated at least one row (or set a record
+//! aside), listeners of channel `order_status_changed` receive (only on commit, as
+//! `pg_notify` is transactional) a JSON payload well under PostgreSQL's 8000-byte limit:
 //!
 //! ```json
 //! {"topic":"order-status","orders":12,"history":30,
