@@ -67,6 +67,7 @@ struct Instruments {
     timeouts: Counter<u64>,
     cancel_refused: Counter<u64>,
     sink_rows: Counter<u64>,
+    sink_rejected: Counter<u64>,
     sink_batch_duration: Histogram<f64>,
     // Kept so that their callbacks stay registered for the provider's life.
     _gauges: Vec<ObservableGauge<u64>>,
@@ -390,6 +391,15 @@ impl Telemetry {
         }
     }
 
+    /// PostgreSQL refused a record's row for its data (`sqlstate`); it was set aside.
+    pub fn on_sink_rejected(&self, sqlstate: &str) {
+        if let Some(i) = &self.inner {
+            i.instruments
+                .sink_rejected
+                .add(1, &[KeyValue::new("sqlstate", sqlstate.to_owned())]);
+        }
+    }
+
     /// PostgreSQL became unwritable (`true`) or writable again (`false`).
     pub fn on_sink_outage(&self, down: bool) {
         if let Some(i) = &self.inner {
@@ -631,6 +641,13 @@ fn instruments(meter: &Meter, snapshot: &Arc<Mutex<Snapshot>>) -> Instruments {
             "order_saga.sink.rows",
             "{row}",
             "Rows the sink wrote, by table (orders, order_status_history).",
+        ),
+        sink_rejected: counter(
+            meter,
+            "order_saga.sink.rejected",
+            "{record}",
+            "order-status records whose row PostgreSQL refused for its data, set aside in \
+             order_status_rejects, by SQLSTATE.",
         ),
         sink_batch_duration: seconds(
             meter,

@@ -1172,6 +1172,306 @@ async fn two_sinks_in_one_group_hand_partitions_over_and_the_table_still_equals_
     env.drop_schema().await;
 }
 
+/// A record of `order` one version past its last, as a producer with a bug would write
+/// it: it decodes and converts, and PostgreSQL refuses it.
+fn poisoned(order: &Order, spoil: impl FnOnce(&mut OrderStatusRecord)) -> OrderStatusRecord {
+    let mut r = order.records.last().cloned().expect("a record");
+    r.version += 1;
+    spoil(&mut r);
+    r
+}
+
+/// `order_status_rejects`: partition, offset, order id, version, SQLSTATE, reason,
+/// constraint and the record's currency, by place.
+type RejectRow = (
+    i32,
+    i64,
+    String,
+    i64,
+    String,
+    String,
+    Option<String>,
+    Option<String>,
+);
+
+async fn rejects(db: &Client) -> Vec<RejectRow> {
+    db.query(
+        "SELECT partition, record_offset, order_id, version, sqlstate, reason, constraint_name,
+                record::jsonb ->> 'currency'
+         FROM order_status_rejects ORDER BY partition, record_offset",
+        &[],
+    )
+    .await
+    .expect("read order_status_rejects")
+    .iter()
+    .map(|r| {
+        (
+            r.get(0),
+            r.get(1),
+            r.get(2),
+            r.get(3),
+            r.get(4),
+            r.get(5),
+            r.get(6),
+            r.get(7),
+        )
+    })
+    .collect()
+}
+
+/// Every reject row with its `xmin`: a second write of the same content shows.
+async fn rejects_snapshot(db: &Client) -> Vec<String> {
+    db.query(
+        "SELECT xmin::text || ' ' || row_to_json(r)::text FROM order_status_rejects r
+         ORDER BY partition, record_offset",
+        &[],
+    )
+    .await
+    .expect("snapshot order_status_rejects")
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+/// The rejects as `psql` (another client, through libpq) prints them: what an operator
+/// sees.
+fn rejects_via_psql(url: &str) -> String {
+    let output = Command::new("psql")
+        .args([
+            url,
+            "-X",
+            "-q",
+            "-A",
+            "-t",
+            "-F",
+            "|",
+            "-v",
+            "ON_ERROR_STOP=1",
+            "-c",
+            "SELECT partition, record_offset, sqlstate, reason, record::jsonb ->> 'order_id' \
+             FROM order_status_rejects ORDER BY partition, record_offset",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .expect("psql (postgresql-client, installed by scripts/stack) must be on PATH");
+    assert!(
+        output.status.success(),
+        "psql failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_postgres_refuses_is_set_aside_and_every_other_row_written_exactly_once() {
+    let _pg = PG_RESTART.read().await;
+    let env = Env::new(2).await;
+    // An operator's constraint on a public table: an ISO 4217 code, upper case.
+    let mut db = env.db().await;
+    order_saga::db::migrate(&mut db).await.expect("migrate");
+    db.batch_execute(
+        "ALTER TABLE orders ADD CONSTRAINT currency_is_iso_4217 CHECK (currency ~ '^[A-Z]{3}$')",
+    )
+    .await
+    .expect("add the constraint");
+
+    let orders = orders(60, now_ms());
+    let mut good = interleaved(&orders);
+    // Nanoseconds where milliseconds belong: beyond the range of a PostgreSQL interval
+    // (22008). And a currency the constraint refuses (23514).
+    let bad_time = poisoned(&orders[3], |r| r.updated_at = now_ms() * 1_000_000);
+    let bad_currency = poisoned(&orders[8], |r| r.currency = "euro".into());
+    let (third, two_thirds) = (good.len() / 3, 2 * good.len() / 3);
+    let mut placed = env.produce(&good[..third]).await;
+    let time_at = env.produce(std::slice::from_ref(&bad_time)).await[0];
+    placed.extend(env.produce(&good[third..two_thirds]).await);
+    let currency_at = env.produce(std::slice::from_ref(&bad_currency)).await[0];
+    placed.extend(env.produce(&good[two_thirds..]).await);
+    assert!(!placed.contains(&time_at) && !placed.contains(&currency_at));
+
+    let mut feed = listen(&env).await;
+    let sink = env.start_sink();
+    wait_caught_up(&env, &good).await;
+    // It keeps going: records after the rejected ones, in a later batch, land too.
+    let later = interleaved(&self::orders(10, now_ms()));
+    env.produce(&later).await;
+    good.extend(later);
+    wait_caught_up(&env, &good).await;
+    assert!(
+        !sink.handle.is_finished(),
+        "the sink stopped on a refused record"
+    );
+    assert_fold(&db, &good).await;
+
+    let mut want = vec![
+        (
+            time_at.0,
+            time_at.1,
+            bad_time.order_id.clone(),
+            bad_time.version,
+            "22008".to_owned(),
+            None,
+            Some("EUR".to_owned()),
+        ),
+        (
+            currency_at.0,
+            currency_at.1,
+            bad_currency.order_id.clone(),
+            bad_currency.version,
+            "23514".to_owned(),
+            Some("currency_is_iso_4217".to_owned()),
+            Some("euro".to_owned()),
+        ),
+    ];
+    want.sort();
+    let found = rejects(&db).await;
+    let without_reason: Vec<_> = found
+        .iter()
+        .map(|(p, o, id, v, state, _, constraint, currency)| {
+            (
+                *p,
+                *o,
+                id.clone(),
+                *v,
+                state.clone(),
+                constraint.clone(),
+                currency.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(without_reason, want);
+    for (.., reason, _, _) in &found {
+        assert!(!reason.is_empty(), "a reject without a reason: {found:?}");
+    }
+    let payloads = drain(&mut feed);
+    let rejected: i64 = payloads.iter().filter_map(|p| p["rejected"].as_i64()).sum();
+    assert_eq!(rejected, 2, "{payloads:?}");
+    assert!(
+        payloads
+            .iter()
+            .any(|p| p["rejected"].as_i64().unwrap_or(0) > 0 && p["history"].as_i64() > Some(0)),
+        "no batch wrote good rows next to a rejected one: {payloads:?}"
+    );
+    let shown = rejects_via_psql(&env.config.database_url);
+    for (p, o, id, ..) in &want {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(&format!("{p}|{o}|")) && l.ends_with(id.as_str())),
+            "psql does not show the reject at {p}/{o}:\n{shown}"
+        );
+    }
+
+    // A restart resumes after the rejected records: nothing is rewritten or rejected
+    // again, and what follows still lands.
+    sink.stop().await;
+    let rows_before = snapshot(&db).await;
+    let rejects_before = rejects_snapshot(&db).await;
+    let sink = env.start_sink();
+    let after_restart = interleaved(&self::orders(5, now_ms()));
+    env.produce(&after_restart).await;
+    good.extend(after_restart);
+    wait_caught_up(&env, &good).await;
+    sink.stop().await;
+    let rows_after = snapshot(&db).await;
+    for row in &rows_before {
+        assert!(rows_after.contains(row), "rewritten after a restart: {row}");
+    }
+    assert_eq!(rejects_snapshot(&db).await, rejects_before);
+
+    // Even a replay from the beginning finds the same two records and adds nothing.
+    let end = offsets(&db, &env.config.sink_group).await;
+    db.execute(
+        "DELETE FROM sink_offsets WHERE consumer_group = $1",
+        &[&env.config.sink_group],
+    )
+    .await
+    .expect("reset offsets");
+    drain(&mut feed);
+    let sink = env.start_sink();
+    let deadline = Instant::now() + WAIT;
+    while offsets(&db, &env.config.sink_group).await != end {
+        assert!(
+            Instant::now() < deadline,
+            "the replay did not reach the end"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    sink.stop().await;
+    assert_eq!(snapshot(&db).await, rows_after, "a replay rewrote rows");
+    assert_eq!(
+        rejects_snapshot(&db).await,
+        rejects_before,
+        "a replay rejected again"
+    );
+    assert!(
+        drain(&mut feed).is_empty(),
+        "a replay that changes nothing notifies nobody"
+    );
+    assert_fold(&db, &good).await;
+    env.drop_schema().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failure_that_is_not_the_data_s_is_retried_and_rejects_nothing() {
+    let _pg = PG_RESTART.read().await;
+    let env = Env::new(2).await;
+    let mut db = env.db().await;
+    order_saga::db::migrate(&mut db).await.expect("migrate");
+    // Every write to `orders` fails with a serialization failure while `outage.failing`
+    // is set; a sequence (not rolled back) counts the attempts.
+    db.batch_execute(
+        "CREATE SEQUENCE attempts;
+         CREATE TABLE outage (failing boolean NOT NULL);
+         INSERT INTO outage VALUES (true);
+         CREATE FUNCTION fail_while_out() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             PERFORM nextval('attempts');
+             IF (SELECT failing FROM outage) THEN
+                 RAISE EXCEPTION 'simulated serialization failure' USING ERRCODE = '40001';
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER fail_while_out BEFORE INSERT ON orders
+             FOR EACH STATEMENT EXECUTE FUNCTION fail_while_out();",
+    )
+    .await
+    .expect("set up the outage");
+    let changelog = interleaved(&orders(30, now_ms()));
+    env.produce(&changelog).await;
+
+    let sink = env.start_sink();
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let row = db
+            .query_one("SELECT last_value, is_called FROM attempts", &[])
+            .await
+            .expect("attempts");
+        let (tried, called): (i64, bool) = (row.get(0), row.get(1));
+        if called && tried >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the sink never tried to write");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written: i64 = db
+        .query_one("SELECT count(*) FROM orders", &[])
+        .await
+        .expect("count orders")
+        .get(0);
+    assert_eq!(written, 0, "written through a failing trigger");
+    assert!(rejects(&db).await.is_empty(), "rows blamed for an outage");
+
+    db.batch_execute("UPDATE outage SET failing = false")
+        .await
+        .expect("end the outage");
+    wait_caught_up(&env, &changelog).await;
+    assert_fold(&db, &changelog).await;
+    assert!(rejects(&db).await.is_empty(), "rows blamed for an outage");
+    sink.stop().await;
+    env.drop_schema().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn undecodable_records_and_tombstones_are_skipped_and_the_records_around_them_applied() {
     let _pg = PG_RESTART.read().await;

@@ -9,7 +9,10 @@ use tracing::{info, warn};
 use crate::retry::Backoff;
 use crate::security::Security;
 
+pub mod classify;
 pub mod tls;
+
+pub use classify::{classify, PgErrorClass};
 
 mod embedded {
     refinery::embed_migrations!("migrations");

@@ -7,6 +7,7 @@
 //! take the whole batch: PostgreSQL refuses to update one row twice in one statement.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Range;
 
 use serde::Deserialize;
 
@@ -197,13 +198,77 @@ impl OrderRow {
     }
 }
 
+/// A record of the batch that carries a row.
+#[derive(Debug)]
+pub struct Entry {
+    pub partition: i32,
+    pub offset: i64,
+    pub row: OrderRow,
+}
+
+impl OrderRow {
+    /// The row as one JSON object, for a person reading a rejected record: every field,
+    /// the status times as epoch milliseconds. Characters outside ASCII are escaped, so
+    /// the text is accepted by a database of any encoding even when one of them is what
+    /// PostgreSQL refused in the row itself.
+    pub fn to_json(&self) -> String {
+        let nested = |text: &str| {
+            serde_json::from_str::<serde_json::Value>(text)
+                .unwrap_or_else(|_| serde_json::Value::String(text.to_owned()))
+        };
+        let t = &self.times;
+        let value = serde_json::json!({
+            "order_id": self.order_id,
+            "customer_id": self.customer_id,
+            "status": self.status.as_str(),
+            "version": self.version,
+            "total_minor": self.total_minor,
+            "currency": self.currency,
+            "items": nested(&self.items),
+            "shipping_address": self.shipping_address.as_deref().map(nested),
+            "reason": self.reason,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+            "reserved_at": t.reserved,
+            "paid_at": t.paid,
+            "shipping_scheduled_at": t.shipping_scheduled,
+            "completed_at": t.completed,
+            "failed_at": t.failed,
+            "canceled_at": t.canceled,
+        });
+        ascii_json(&value.to_string())
+    }
+}
+
+/// `json` with every character outside ASCII written as `\uXXXX` (a surrogate pair above
+/// U+FFFF). Valid JSON stays valid: such characters can only occur inside strings.
+fn ascii_json(json: &str) -> String {
+    if json.is_ascii() {
+        return json.to_owned();
+    }
+    let mut out = String::with_capacity(json.len() + 16);
+    let mut units = [0u16; 2];
+    for c in json.chars() {
+        if c.is_ascii() {
+            out.push(c);
+        } else {
+            for unit in c.encode_utf16(&mut units) {
+                out.push_str(&format!("\\u{unit:04x}"));
+            }
+        }
+    }
+    out
+}
+
 /// The records consumed since the last commit, and how far each partition got.
 ///
 /// Skipped records (tombstones, undecodable values) carry no row but still move their
 /// partition's offset, so they are not read again after the commit.
 #[derive(Debug, Default)]
 pub struct Batch {
-    rows: Vec<(i32, OrderRow)>,
+    /// In the order taken, so a contiguous slice keeps every partition's (and so every
+    /// order's) records in changelog order.
+    rows: Vec<Entry>,
     /// Per partition: the offset after the last record taken, and how many were taken.
     partitions: BTreeMap<i32, (i64, usize)>,
     records: usize,
@@ -217,7 +282,11 @@ impl Batch {
         entry.1 += 1;
         self.records += 1;
         if let Some(row) = row {
-            self.rows.push((partition, row));
+            self.rows.push(Entry {
+                partition,
+                offset,
+                row,
+            });
         }
     }
 
@@ -241,7 +310,7 @@ impl Batch {
         let Some((_, count)) = self.partitions.remove(&partition) else {
             return 0;
         };
-        self.rows.retain(|(p, _)| *p != partition);
+        self.rows.retain(|e| e.partition != partition);
         self.records -= count;
         count
     }
@@ -254,18 +323,44 @@ impl Batch {
 
     /// The latest `updated_at` among the batch's rows.
     pub fn max_updated_at(&self) -> Option<Millis> {
-        self.rows.iter().map(|(_, r)| r.updated_at).max()
+        self.max_updated_at_of(0..self.rows.len())
+    }
+
+    /// The latest `updated_at` among the rows at `range` (indexes into the rows, which
+    /// leave out skipped records).
+    pub fn max_updated_at_of(&self, range: Range<usize>) -> Option<Millis> {
+        self.rows
+            .get(range)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e.row.updated_at)
+            .max()
+    }
+
+    /// How many records of the batch carry a row.
+    pub fn row_count(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// The row at `index`, with where its record came from.
+    pub fn entry(&self, index: usize) -> Option<&Entry> {
+        self.rows.get(index)
     }
 
     /// The statement columns of the batch: `orders` folded to the latest version per
     /// order (with status times merged from every version seen), `order_status_history`
     /// one entry per `(order, version)`.
     pub fn columns(&self) -> Columns<'_> {
+        self.columns_of(0..self.rows.len())
+    }
+
+    /// [`Batch::columns`] of the rows at `range` alone.
+    pub fn columns_of(&self, range: Range<usize>) -> Columns<'_> {
         let mut latest: Vec<(&OrderRow, StatusTimes)> = Vec::new();
         let mut index: HashMap<&str, usize> = HashMap::new();
         let mut history = HistoryColumns::default();
         let mut seen: HashSet<(&str, i64)> = HashSet::new();
-        for (_, row) in &self.rows {
+        for Entry { row, .. } in self.rows.get(range).unwrap_or_default() {
             if seen.insert((row.order_id.as_str(), row.version)) {
                 history.order_id.push(&row.order_id);
                 history.version.push(row.version);
@@ -514,6 +609,23 @@ mod tests {
         let row = OrderRow::from_record(rec).unwrap().row;
         assert_eq!(row.reason.as_deref(), Some("bad\u{FFFD}reason"));
         assert!(!row.items.contains("\\u0000"), "{}", row.items);
+    }
+
+    #[test]
+    fn a_row_as_json_is_ascii_and_reads_back_to_its_values() {
+        let mut rec = record("o-\u{e9}\u{1F600}", Status::Failed, 4, 9_000);
+        rec.reason = Some("caf\u{e9} \"closed\"".into());
+        let row = OrderRow::from_record(rec).unwrap().row;
+        let text = row.to_json();
+        assert!(text.is_ascii(), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(v["order_id"], "o-\u{e9}\u{1F600}");
+        assert_eq!(v["reason"], "caf\u{e9} \"closed\"");
+        assert_eq!(v["status"], "FAILED");
+        assert_eq!(v["version"], 4);
+        assert_eq!(v["failed_at"], 9_000);
+        assert_eq!(v["items"][0]["sku"], "SKU-1");
+        assert!(v["shipping_address"].is_null());
     }
 
     #[test]

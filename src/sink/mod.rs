@@ -49,11 +49,26 @@
 //! logged with its topic, partition and offset and skipped (the processor wrote it, so it
 //! is a bug to fix, not a reason to stop); a tombstone is skipped too.
 //!
+//! # Rows PostgreSQL refuses
+//!
+//! A batch PostgreSQL refuses for its *data* (SQLSTATE class 22 or 23, see
+//! [`crate::db::classify`]: a timestamp out of range, a violated constraint) would fail
+//! every retry. Instead, a second transaction claims the same offsets and writes the
+//! batch in slices, each in a savepoint, halving the slices that fail until single
+//! records remain (about `log2(n)` tries per bad record). Every record whose row fails
+//! alone goes to `order_status_rejects` with its partition, offset, SQLSTATE and
+//! PostgreSQL's message; everything else is written, and the offsets move past it all,
+//! in that one transaction. So the rejects are exactly-once too: a restart does not read
+//! them again, and a replay finds them in the table and adds nothing. Each one is logged
+//! (WARN, without the row's values) and counted (`order_saga.sink.rejected`). A batch
+//! that fails for any other reason (connection, shutdown, deadlock, a missing table) is
+//! retried whole, as above.
+//!
 //! # Change feed
 //!
-//! After each committed batch that inserted or updated at least one row, listeners of
-//! channel `order_status_changed` receive (only on commit, as `pg_notify` is
-//! transactional) a JSON payload well under PostgreSQL's 8000-byte limit:
+//! After each committed batch that inserted or updated at least one row (or set a record
+//! aside), listeners of channel `order_status_changed` receive (only on commit, as
+//! `pg_notify` is transactional) a JSON payload well under PostgreSQL's 8000-byte limit:
 //!
 //! ```json
 //! {"topic":"order-status","orders":12,"history":30,
@@ -64,7 +79,8 @@
 //!   topic prefix, so deployments sharing a database can tell their batches apart);
 //! - `orders`: `orders` rows inserted or updated by the batch;
 //! - `history`: `order_status_history` rows added;
-//! - `max_updated_at`: the latest `updated_at` among the batch's records (UTC, RFC 3339
+//! - `rejected`: records set aside in `order_status_rejects` (only when there are some);
+//! - `max_updated_at`: the latest `updated_at` among the rows written (UTC, RFC 3339
 //!   with milliseconds); re-reading `orders WHERE updated_at >= …` of an earlier
 //!   notification is a safe way to catch up;
 //! - `partitions`: for each `order-status` partition in the batch, the offset of the next
@@ -74,6 +90,7 @@
 
 mod batch;
 mod consumer;
+mod isolate;
 mod store;
 
 use std::collections::BTreeMap;
@@ -100,7 +117,7 @@ pub use batch::rfc3339_millis;
 use batch::{Batch, OrderRow};
 use consumer::{Change, SinkContext};
 pub use store::NOTIFY_CHANNEL;
-use store::{Commit, Store};
+use store::{Commit, Rejected, Store};
 
 /// A batch is written once it holds this many records…
 const MAX_BATCH_RECORDS: usize = 1000;
@@ -264,6 +281,8 @@ struct Counters {
     tombstones: u64,
     conflicts: u64,
     write_failures: u64,
+    /// Records PostgreSQL refused, set aside in `order_status_rejects`.
+    rejected: u64,
     saga_state_unreadable: u64,
 }
 
@@ -419,6 +438,9 @@ impl Sink<'_> {
             Ok(Commit::Done {
                 orders,
                 history,
+                newest,
+                rejected,
+                isolation,
                 notified,
             }) => {
                 for (p, next) in self.batch.next_offsets() {
@@ -434,10 +456,19 @@ impl Sink<'_> {
                     took_ms = started.elapsed().as_millis() as u64,
                     "batch committed"
                 );
+                if let Some(iso) = isolation {
+                    info!(records = self.batch.len(), sqlstate = %iso.sqlstate, tries = iso.tries,
+                        rejected = rejected.len(), already_rejected = iso.known, orders, history,
+                        "PostgreSQL refused the batch for its data; wrote it slice by slice, \
+                         the records it refuses set aside");
+                }
+                for r in &rejected {
+                    self.on_rejected(r);
+                }
                 self.counters.batches += 1;
                 self.counters.orders += orders;
                 self.counters.history += history;
-                let newest = self.batch.max_updated_at();
+                self.counters.rejected += rejected.len() as u64;
                 self.telemetry
                     .on_sink_batch(orders, history, started.elapsed(), newest);
                 self.clear_batch();
@@ -477,6 +508,17 @@ impl Sink<'_> {
                 false
             }
         }
+    }
+
+    /// Reports a record set aside: its place, order and PostgreSQL's verdict. The row's
+    /// values stay out of the log (the table has them).
+    fn on_rejected(&self, r: &Rejected) {
+        warn!(topic = %self.topic, partition = r.partition, offset = r.offset,
+            order_id = %r.order_id, version = r.version, sqlstate = %r.sqlstate,
+            reason = %r.reason, constraint = r.constraint.as_deref(),
+            "PostgreSQL refused an order-status record; set aside in order_status_rejects, \
+             moving on");
+        self.telemetry.on_sink_rejected(&r.sqlstate);
     }
 
     fn clear_batch(&mut self) {
@@ -772,6 +814,7 @@ impl Sink<'_> {
                 tombstones = c.tombstones,
                 conflicts = c.conflicts,
                 write_failures = c.write_failures,
+                rejected = c.rejected,
                 saga_state_unreadable = c.saga_state_unreadable,
                 lag_offsets = lag,
                 partitions = self.parts.len(),
