@@ -17,9 +17,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::config::Config;
-use crate::contracts::records::{
-    ActionSymbol, OrderCancel, OrderCreate, OrderStatusRecord, StepResultRecord,
-};
+use crate::contracts::records::{ActionSymbol, OrderCancel, OrderCreate, StepResultRecord};
 use crate::contracts::{Codec, CodecError};
 use crate::kafka::admin::{self, AdminError};
 use crate::kafka::{partitioner, read};
@@ -323,7 +321,7 @@ fn action_name(a: ActionSymbol) -> String {
 
 async fn decode_value(codec: &Codec, base: &str, payload: &[u8]) -> Result<Step, CodecError> {
     if base == topics::ORDER_STATUS {
-        let r: OrderStatusRecord = codec.decode(base, payload).await?;
+        let r = crate::contracts::convert::decode_status_record(codec, payload).await?;
         let status = r
             .status()
             .map(|s| s.as_str().to_string())

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use apache_avro::schema::ResolvedSchema;
 use apache_avro::Schema;
 use order_saga::contracts::{
-    wire, Codec, CodecError, OrderCreate, RegistryClient, Schemas, COMPATIBILITY,
+    convert, framing, Codec, CodecError, OrderCreate, RegistryClient, Schemas, COMPATIBILITY,
 };
 use order_saga::saga::{Address, Item, OrderRequest};
 use order_saga::topics;
@@ -186,7 +186,7 @@ async fn an_avro_record_written_in_a_committed_transaction_round_trips_through_t
         client.compatibility(&subject).await.unwrap().as_deref(),
         Some(COMPATIBILITY)
     );
-    let (id, _) = wire::unframe(&value).unwrap();
+    let (id, _) = framing::unframe(&value).unwrap();
     assert_eq!(
         client
             .lookup(
@@ -212,8 +212,7 @@ async fn an_avro_record_written_in_a_committed_transaction_round_trips_through_t
 
     // A fresh codec knows nothing: it fetches the writer schema by id.
     let fresh = Codec::new(registry()).unwrap().auto_register(false);
-    let event = fresh
-        .decode_event(topics::ORDER_CREATE_REQUEST, &read[0].1)
+    let event = convert::decode_event(&fresh, topics::ORDER_CREATE_REQUEST, &read[0].1)
         .await
         .expect("decode");
     assert_eq!(event, order_saga::saga::Event::Create(sent));
@@ -337,7 +336,7 @@ async fn a_record_written_with_a_v2_schema_with_an_extra_optional_field_decodes_
     let names = ResolvedSchema::new(&writer).unwrap();
     let mut datum = Vec::new();
     apache_avro::write_avro_datum_ref(&writer, names.get_names(), &v2, &mut datum).unwrap();
-    let bytes = wire::frame(v2_id, &datum);
+    let bytes = framing::frame(v2_id, &datum);
 
     let codec = Codec::new(registry()).unwrap().auto_register(false);
     let decoded: OrderCreate = codec
@@ -458,7 +457,7 @@ async fn an_unknown_schema_id_is_poison_and_an_unreachable_registry_is_transient
     let err = codec
         .decode::<OrderCreate>(
             topics::ORDER_CREATE_REQUEST,
-            &wire::frame(i32::MAX as u32, &[]),
+            &framing::frame(i32::MAX as u32, &[]),
         )
         .await
         .unwrap_err();

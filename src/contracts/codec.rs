@@ -15,12 +15,9 @@ use apache_avro::Schema;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::records::{OrderCancel, OrderCreate, StepResultRecord};
+use super::framing;
 use super::registry::{RegistryClient, RegistryError, COMPATIBILITY, SCHEMA_NOT_FOUND};
 use super::schemas::{LocalSchema, SchemaError, Schemas};
-use super::wire;
-use crate::saga::Event;
-use crate::topics;
 
 /// Why a value could not be encoded or decoded.
 ///
@@ -188,7 +185,7 @@ pub fn encode_with_id<T: Serialize>(
     record: &T,
 ) -> Result<Vec<u8>, CodecError> {
     // 256 bytes holds a typical command without regrowing.
-    let mut out = wire::header(schema_id, 256);
+    let mut out = framing::header(schema_id, 256);
     apache_avro::write_avro_datum_ref(local.schema(), local.names(), record, &mut out).map_err(
         |e| CodecError::Encode {
             topic: local.topic().to_owned(),
@@ -490,31 +487,9 @@ impl Codec {
         bytes: &[u8],
     ) -> Result<T, CodecError> {
         let local = self.local(topic)?;
-        let (id, datum) = wire::unframe(bytes)?;
+        let (id, datum) = framing::unframe(bytes)?;
         let plan = self.plan(id, local).await?;
         read_datum(&plan.writer.reader, id, local, plan.resolve, datum)
-    }
-
-    /// Decodes a value of one of the processor's input topics into a saga event,
-    /// checking the contract on the way.
-    pub async fn decode_event(&self, topic: &str, bytes: &[u8]) -> Result<Event, CodecError> {
-        if topic == topics::ORDER_CREATE_REQUEST {
-            let record: OrderCreate = self.decode(topic, bytes).await?;
-            return Ok(Event::Create(record.try_into()?));
-        }
-        if topic == topics::ORDER_CANCEL_REQUEST {
-            let record: OrderCancel = self.decode(topic, bytes).await?;
-            return Ok(Event::Cancel(record.try_into()?));
-        }
-        match topics::step_of_result_topic(topic) {
-            Some(step) => {
-                let record: StepResultRecord = self.decode(topic, bytes).await?;
-                Ok(Event::Result(record.into_step_result(step)?))
-            }
-            None => Err(CodecError::UnknownTopic {
-                topic: topic.to_owned(),
-            }),
-        }
     }
 }
 
@@ -523,6 +498,7 @@ mod tests {
     use super::*;
     use crate::contracts::records::*;
     use crate::saga::{Action, Address, Command, Item, Status};
+    use crate::topics;
     use serde::de::DeserializeOwned;
     use std::fmt::Debug;
 
@@ -584,7 +560,7 @@ mod tests {
     fn round_trip<T: Serialize + DeserializeOwned + PartialEq + Debug>(topic: &str, record: &T) {
         let local = local(topic);
         let bytes = encode_with_id(local, 42, record).unwrap();
-        let (id, datum) = wire::unframe(&bytes).unwrap();
+        let (id, datum) = framing::unframe(&bytes).unwrap();
         assert_eq!(id, 42);
         let back: T = decode_datum(local.schema(), id, local, datum).unwrap();
         assert_eq!(&back, record, "{topic}");
@@ -676,7 +652,7 @@ mod tests {
         let record = CommandRecord::build(&command, &payload()).unwrap();
         let local = local(record.topic());
         let bytes = encode_with_id(local, 1, &record).unwrap();
-        let (_, datum) = wire::unframe(&bytes).unwrap();
+        let (_, datum) = framing::unframe(&bytes).unwrap();
         let back: PaymentCommand = decode_datum(local.schema(), 1, local, datum).unwrap();
         assert_eq!(CommandRecord::Payment(back), record);
     }
@@ -838,7 +814,7 @@ mod tests {
         )
         .unwrap();
         bytes.push(0);
-        let (_, datum) = wire::unframe(&bytes).unwrap();
+        let (_, datum) = framing::unframe(&bytes).unwrap();
         let err = decode_datum::<OrderCancel>(local.schema(), 1, local, datum).unwrap_err();
         assert_eq!(err.kind(), "undecodable_avro", "{err}");
         // A string length far beyond the datum.
@@ -985,10 +961,13 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(err.kind(), "unknown_schema_id", "{err}");
-        let event = codec
-            .decode_event(topic, &codec.encode(topic, &record).await.unwrap())
-            .await
-            .unwrap();
+        let event = crate::contracts::convert::decode_event(
+            &codec,
+            topic,
+            &codec.encode(topic, &record).await.unwrap(),
+        )
+        .await
+        .unwrap();
         assert!(matches!(event, crate::saga::Event::Create(o) if o.total_minor == 1500));
     }
 

@@ -2,9 +2,10 @@
 //!
 //! - [`schemas`]: the `.avsc` files of `schemas/`, compiled in and parsed once, keyed by
 //!   topic; subjects follow TopicNameStrategy (`<topic>-value`).
-//! - [`records`]: Rust mirrors of those records and their conversions to and from the
-//!   saga's types ([`crate::saga`]).
-//! - [`wire`]: the schema-registry framing (magic byte `0`, 4-byte big-endian schema id,
+//! - [`records`]: Rust mirrors of those records, field by field.
+//! - [`convert`]: the one place where saga types ([`crate::saga`]) become topic records
+//!   and back; the processor, the sink and `explain` all go through it.
+//! - [`framing`]: the schema-registry framing (magic byte `0`, 4-byte big-endian schema id,
 //!   Avro binary).
 //! - [`codec`]: [`Codec`], which encodes with our schema under its registry id and decodes
 //!   with the writer's schema resolved to ours; [`CodecError`] says whether a failure is
@@ -24,10 +25,11 @@
 
 pub mod codec;
 pub mod compat;
+pub mod convert;
+pub mod framing;
 pub mod records;
 pub mod registry;
 pub mod schemas;
-pub mod wire;
 
 pub use codec::{decode_datum, encode_with_id, Codec, CodecError};
 pub use records::{

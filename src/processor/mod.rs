@@ -25,8 +25,9 @@
 //!
 //! Files: [`inputs`] (which record is next), [`step`] (one record or tick: decide and
 //! produce), [`dlq`] (dead letters), [`txn`] (begin, commit, abort and rewind),
-//! [`rebalance`] (assignment events), [`restore`] and [`store`] (state), [`wire`] (saga
-//! types to records), [`metrics`] (counters).
+//! [`rebalance`] (assignment events), [`restore`] and [`store`] (state), [`wire`] (the
+//! processor's private records; public ones are converted in [`crate::contracts::convert`]),
+//! [`metrics`] (counters).
 
 pub mod dlq;
 pub mod inputs;

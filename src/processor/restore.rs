@@ -16,6 +16,7 @@ use tracing::{info, warn};
 
 use super::store::{Entry, PartitionStore};
 use super::{now_millis, wire, Context};
+use crate::contracts::convert;
 use crate::kafka::read;
 use crate::saga::Millis;
 use crate::topics::{self, Topics};
@@ -55,7 +56,7 @@ pub fn restore(
         };
         match ctx
             .runtime
-            .block_on(wire::decode_status(&ctx.codec, payload))
+            .block_on(convert::decode_status(&ctx.codec, payload))
         {
             Ok(Some(state)) => {
                 if let Some(map) = latest.get_mut(&p) {

@@ -16,8 +16,9 @@ use super::metrics::Metrics;
 use super::store::Entry;
 use super::wire::{self, WireError};
 use super::{now_millis, Loop, StepError};
+use crate::contracts::convert;
 use crate::kafka::{classify, partitioner, ErrorClass};
-use crate::saga::{Command, Decision, EarlyDecision, Event, OrderState, Origin};
+use crate::saga::{Action, Command, Decision, EarlyDecision, Event, OrderState, Origin};
 use crate::topics;
 
 /// The largest record the processor writes: the brokers' default `message.max.bytes`
@@ -62,14 +63,14 @@ impl Loop {
             match self
                 .ctx
                 .runtime
-                .block_on(wire::decode_event(&self.ctx.codec, base, payload))
+                .block_on(convert::decode_event(&self.ctx.codec, base, payload))
             {
                 Ok(e) => e,
                 // The registry being unreachable is not the record's fault: retry it.
                 Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
                 Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
             };
-        if wire::event_order_id(&event) != Some(key) {
+        if convert::event_order_id(&event) != Some(key) {
             return self.dead_letter(
                 msg,
                 "key_mismatch",
@@ -283,11 +284,11 @@ impl Loop {
         commands: Vec<Command>,
     ) -> Result<(), StepError> {
         let status_topic = self.topics.name(topics::ORDER_STATUS);
-        let status = self.encode(wire::encode_status(&self.ctx.codec, &state))?;
+        let status = self.encode(convert::encode_status(&self.ctx.codec, &state))?;
         let mut outputs = Vec::with_capacity(commands.len());
         for command in &commands {
             let topic = self.topics.name(topics::command_topic(command.action));
-            let bytes = self.encode(wire::encode_command(&self.ctx.codec, command, &state))?;
+            let bytes = self.encode(convert::encode_command(&self.ctx.codec, command, &state))?;
             outputs.push((topic, bytes, command.action));
         }
         // A record the broker would refuse would fail the transaction on every retry and
@@ -316,7 +317,7 @@ impl Loop {
         )?;
         for (topic, bytes, action) in &outputs {
             self.send(topic, None, &state.order_id, Some(bytes), None)?;
-            if wire::is_compensation(*action) {
+            if is_compensation(*action) {
                 Metrics::add(&self.ctx.metrics.compensations, 1);
             }
         }
@@ -447,4 +448,12 @@ pub const REROUTED_FROM: &str = "order-saga.rerouted-from";
 /// change of partition count can never bounce a record around.
 fn was_rerouted(headers: &OwnedHeaders) -> bool {
     headers.iter().any(|h| h.key == REROUTED_FROM)
+}
+
+/// Whether `action` undoes an earlier step.
+fn is_compensation(action: Action) -> bool {
+    match action {
+        Action::Release | Action::Refund => true,
+        Action::Reserve | Action::Charge | Action::Schedule | Action::Send => false,
+    }
 }

@@ -106,7 +106,7 @@ use tokio::time::Instant;
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
-use crate::contracts::{Codec, CodecError, OrderStatusRecord};
+use crate::contracts::{convert, Codec, CodecError};
 use crate::health::Heartbeat;
 use crate::kafka::{self, clients, ErrorClass};
 use crate::retry::Backoff;
@@ -718,11 +718,7 @@ impl Sink<'_> {
     }
 
     async fn decode(&mut self, r: &Received, bytes: &[u8]) -> Result<Decoded, SinkError> {
-        match self
-            .codec
-            .decode::<OrderStatusRecord>(topics::ORDER_STATUS, bytes)
-            .await
-        {
+        match convert::decode_status_record(&self.codec, bytes).await {
             Ok(record) => {
                 self.registry_backoff.reset();
                 match OrderRow::from_record(record) {

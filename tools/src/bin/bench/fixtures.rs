@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context as _};
 
+use order_saga::contracts::convert;
 use order_saga::contracts::records::{OrderCreate, StepResultRecord};
 use order_saga::contracts::Codec;
-use order_saga::processor::wire;
 use order_saga::saga::{
     Action, Command, Decision, Event, Millis, OrderRequest, OrderState, Outcome, Policy, StepResult,
 };
@@ -131,12 +131,12 @@ impl OutputTemplates {
         let mut status = Vec::new();
         let mut command = Vec::new();
         for step in &steps {
-            let bytes = wire::encode_status(codec, &step.state)
+            let bytes = convert::encode_status(codec, &step.state)
                 .await
                 .context("encoding a status")?;
             status.push(Arc::from(bytes));
             if let Some(cmd) = step.commands.first() {
-                let bytes = wire::encode_command(codec, cmd, &step.state)
+                let bytes = convert::encode_command(codec, cmd, &step.state)
                     .await
                     .context("encoding a command")?;
                 command.push((topics::command_topic(cmd.action), Arc::from(bytes)));

@@ -9,9 +9,9 @@ use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, Threa
 use serde::Serialize;
 
 use order_saga::config::Config;
+use order_saga::contracts::convert;
 use order_saga::contracts::Codec;
 use order_saga::kafka::clients;
-use order_saga::processor::wire;
 use order_saga::saga::{Millis, Policy};
 use order_saga::topics;
 use order_saga_tools::load::{now_millis, Rng};
@@ -165,7 +165,7 @@ async fn write_changelog(
             state.created_at = old - 2_000;
             state.updated_at = old;
         }
-        let value = wire::encode_status(codec, &state)
+        let value = convert::encode_status(codec, &state)
             .await
             .context("encoding a status")?;
         bytes += value.len() as u64;
