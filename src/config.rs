@@ -115,6 +115,16 @@ pub struct Config {
     )]
     pub state_retention_ms: u64,
 
+    /// How long a finished order is remembered after it settled, in milliseconds, so that
+    /// a repeated create starts no second saga (a few bytes per order; see the README).
+    #[arg(
+        long,
+        env = "ORDER_SAGA_DEDUP_WINDOW_MS",
+        default_value_t = 604_800_000,
+        global = true
+    )]
+    pub dedup_window_ms: u64,
+
     /// Deadline of one downstream command, in milliseconds.
     #[arg(
         long,
@@ -376,6 +386,13 @@ impl Config {
             30 * 86_400_000,
         )?;
         in_range(
+            "--dedup-window-ms",
+            "ORDER_SAGA_DEDUP_WINDOW_MS",
+            self.dedup_window_ms,
+            1_000,
+            365 * 86_400_000,
+        )?;
+        in_range(
             "--step-timeout-ms",
             "ORDER_SAGA_STEP_TIMEOUT_MS",
             self.step_timeout_ms,
@@ -451,6 +468,10 @@ impl Config {
             (
                 "ORDER_SAGA_STATE_RETENTION_MS",
                 self.state_retention_ms.to_string(),
+            ),
+            (
+                "ORDER_SAGA_DEDUP_WINDOW_MS",
+                self.dedup_window_ms.to_string(),
             ),
             (
                 "ORDER_SAGA_STEP_TIMEOUT_MS",
@@ -631,5 +652,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "--transaction-timeout-ms");
+    }
+
+    #[test]
+    fn a_dedup_window_under_a_second_is_refused_naming_the_key() {
+        assert_eq!(parse(&[]).dedup_window_ms, 7 * 86_400_000);
+        let e = parse(&["--dedup-window-ms", "10"]).validate().unwrap_err();
+        assert_eq!(e.key, "--dedup-window-ms");
+        assert!(e.to_string().contains("ORDER_SAGA_DEDUP_WINDOW_MS"), "{e}");
     }
 }
