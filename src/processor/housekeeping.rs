@@ -4,6 +4,8 @@
 //! and entries restored from `order-status` on an upgrade are written, followed by the
 //! marker that says a partition of the changelog is complete.
 
+use tracing::info;
+
 use super::metrics::Metrics;
 use super::store::{Entry, Unwritten};
 use super::wire;
@@ -13,7 +15,7 @@ use crate::topics;
 
 /// Records of each kind one partition writes at most per transaction, so housekeeping
 /// after a long pause (or an upgrade) is spread over several transactions.
-const BATCH: usize = 2_000;
+const BATCH: usize = 5_000;
 
 /// How often finished records are scanned for the end of their window: a hundredth of
 /// the window, between a second and a minute. Each scan looks at every record (a few
@@ -53,6 +55,7 @@ impl Loop {
                 }
             }
             if store.take_marker() {
+                info!(partition = p, "order-state partition complete");
                 records.push((
                     p,
                     wire::COMPLETE_KEY.to_vec(),

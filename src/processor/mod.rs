@@ -448,8 +448,9 @@ impl Loop {
         }
         self.fire_deadlines()?;
         // Evictions write to the changelog, so they go in this transaction.
+        // Entries left to write after an upgrade's restore go out in every transaction.
         let housekeeping = self.last_evict.elapsed() >= EVICT_EVERY;
-        if housekeeping {
+        if housekeeping || self.stores.values().any(PartitionStore::has_unwritten) {
             self.housekeeping()?;
         }
         self.commit()?;
