@@ -112,15 +112,16 @@ pub async fn run(
             + result.orders_kept as f64 * FLAT_PER_ORDER_KIB / 1024.0;
     // The first start writes what it restored to order-state, then a marker per
     // partition; once all are there, a restart restores from order-state alone.
-    let mut complete = 0;
-    while complete < args.partitions {
-        processor
-            .wait_for_log("order-state complete", timeout, |v| {
-                child::message(v) == "order-state partition complete"
-            })
-            .await?;
-        complete += 1;
-    }
+    // One wait over every line: the lines of all partitions may come in one read.
+    let complete = std::cell::Cell::new(0);
+    processor
+        .wait_for_log("order-state complete", timeout, |v| {
+            if child::message(v) == "order-state partition complete" {
+                complete.set(complete.get() + 1);
+            }
+            complete.get() >= args.partitions
+        })
+        .await?;
     // The marker's transaction commits within a commit interval of its log line.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = processor.terminate(Duration::from_secs(30)).await;
