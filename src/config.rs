@@ -126,6 +126,15 @@ pub struct ProcessorArgs {
     #[arg(long, env = "ORDER_SAGA_STATE_RETENTION_MS", default_value_t = 600_000)]
     pub state_retention_ms: u64,
 
+    /// How long a finished order is remembered after it settled, in milliseconds, so that
+    /// a repeated create starts no second saga (a few bytes per order; see the README).
+    #[arg(
+        long,
+        env = "ORDER_SAGA_DEDUP_WINDOW_MS",
+        default_value_t = 604_800_000
+    )]
+    pub dedup_window_ms: u64,
+
     /// Deadline of one downstream command, in milliseconds.
     #[arg(long, env = "ORDER_SAGA_STEP_TIMEOUT_MS", default_value_t = 30_000)]
     pub step_timeout_ms: u64,
@@ -266,6 +275,7 @@ impl ConfigArgs {
             commit_interval_ms: processor.commit_interval_ms,
             transaction_timeout_ms: processor.transaction_timeout_ms,
             state_retention_ms: processor.state_retention_ms,
+            dedup_window_ms: processor.dedup_window_ms,
             step_timeout_ms: processor.step_timeout_ms,
             max_attempts: processor.max_attempts,
             retry_backoff_ms: processor.retry_backoff_ms,
@@ -322,6 +332,7 @@ pub struct Config {
     pub commit_interval_ms: u64,
     pub transaction_timeout_ms: u64,
     pub state_retention_ms: u64,
+    pub dedup_window_ms: u64,
     pub step_timeout_ms: u64,
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
@@ -463,6 +474,13 @@ impl Config {
             self.state_retention_ms,
             0,
             30 * 86_400_000,
+        )?;
+        in_range(
+            "--dedup-window-ms",
+            "ORDER_SAGA_DEDUP_WINDOW_MS",
+            self.dedup_window_ms,
+            1_000,
+            365 * 86_400_000,
         )?;
         in_range(
             "--step-timeout-ms",
@@ -725,5 +743,13 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "--transaction-timeout-ms");
+    }
+
+    #[test]
+    fn a_dedup_window_under_a_second_is_refused_naming_the_key() {
+        assert_eq!(parse(&[]).dedup_window_ms, 7 * 86_400_000);
+        let e = parse(&["--dedup-window-ms", "10"]).validate().unwrap_err();
+        assert_eq!(e.key, "--dedup-window-ms");
+        assert!(e.to_string().contains("ORDER_SAGA_DEDUP_WINDOW_MS"), "{e}");
     }
 }

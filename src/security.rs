@@ -250,6 +250,7 @@ impl fmt::Debug for crate::config::Config {
             .field("commit_interval_ms", &self.commit_interval_ms)
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
             .field("state_retention_ms", &self.state_retention_ms)
+            .field("dedup_window_ms", &self.dedup_window_ms)
             .field("step_timeout_ms", &self.step_timeout_ms)
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff_ms", &self.retry_backoff_ms)

@@ -17,6 +17,9 @@ pub const ORDER_DLQ: &str = "order-dlq";
 /// The processor's own compacted changelog of events held before their order's create
 /// (not a contract: no other service reads or writes it).
 pub const ORDER_EARLY_EVENTS: &str = "order-early-events";
+/// The processor's own compacted changelog of order states and finished-order records,
+/// which restores read (not a contract: `order-status` is the public record).
+pub const ORDER_STATE: &str = "order-state";
 
 /// The command topic of a downstream service.
 pub fn request_topic(step: Step) -> &'static str {
@@ -58,8 +61,8 @@ pub const PROCESSOR_INPUTS: [&str; 6] = [
     NOTIFICATION_SEND_RESULT,
 ];
 
-/// Every topic of the saga, inputs and outputs.
-pub const ALL: [&str; 13] = [
+/// Every topic of the saga, inputs and outputs; the private state changelog last.
+pub const ALL: [&str; 14] = [
     ORDER_CREATE_REQUEST,
     ORDER_CANCEL_REQUEST,
     INVENTORY_RESERVE_REQUEST,
@@ -73,6 +76,7 @@ pub const ALL: [&str; 13] = [
     ORDER_STATUS,
     ORDER_DLQ,
     ORDER_EARLY_EVENTS,
+    ORDER_STATE,
 ];
 
 #[cfg(test)]

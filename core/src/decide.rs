@@ -138,6 +138,12 @@ pub enum IgnoreReason {
     },
     /// The same cancel request was already refused and recorded.
     DuplicateCancel,
+    /// A create for an order that finished and is remembered only by its finished
+    /// record (see [`super::finished`]).
+    FinishedCreate {
+        /// The order's final status.
+        status: Status,
+    },
 }
 
 impl fmt::Display for IgnoreReason {
@@ -164,6 +170,13 @@ impl fmt::Display for IgnoreReason {
                 write!(f, "cancel of an order already {}", status.as_str())
             }
             IgnoreReason::DuplicateCancel => write!(f, "cancel request already refused"),
+            IgnoreReason::FinishedCreate { status } => {
+                write!(
+                    f,
+                    "create of an order that already finished {}",
+                    status.as_str()
+                )
+            }
         }
     }
 }
@@ -200,6 +213,14 @@ pub enum RejectReason {
         /// The order id.
         order_id: String,
     },
+    /// A result for an order that finished and is remembered only by its finished record:
+    /// a late result whose compensation the evicted state can no longer derive.
+    FinishedOrder {
+        /// The order id.
+        order_id: String,
+        /// The order's final status.
+        status: Status,
+    },
 }
 
 impl RejectReason {
@@ -211,6 +232,7 @@ impl RejectReason {
             RejectReason::ActionMismatch { .. } => "action_mismatch",
             RejectReason::InvalidOrderId => "invalid_order_id",
             RejectReason::ConflictingCreate { .. } => "conflicting_create",
+            RejectReason::FinishedOrder { .. } => "finished_order",
         }
     }
 }
@@ -236,6 +258,12 @@ impl fmt::Display for RejectReason {
             RejectReason::ConflictingCreate { order_id } => write!(
                 f,
                 "create request for existing order {order_id:?} with different contents"
+            ),
+            RejectReason::FinishedOrder { order_id, status } => write!(
+                f,
+                "result for order {order_id:?}, which finished {} and whose state was \
+                 evicted: a late result, check whether it needs undoing by hand",
+                status.as_str()
             ),
         }
     }

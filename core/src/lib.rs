@@ -20,6 +20,8 @@
 //! - [`ids`]: deterministic command ids.
 //! - [`early`]: cancels and results that arrive before their order's create, held until
 //!   it comes or a grace period runs out.
+//! - [`finished`]: what is remembered of an order after its state is evicted, and the
+//!   rules for events about it (a repeated create starts no second saga).
 //! - [`decide`](mod@decide): the transition rules; its module docs record the decisions
 //!   the contract leaves open (timeouts are retried, late results, manual action).
 //!
@@ -28,6 +30,7 @@
 
 pub mod decide;
 pub mod early;
+pub mod finished;
 pub mod ids;
 pub mod model;
 pub mod policy;
@@ -36,6 +39,7 @@ pub mod validate;
 
 pub use decide::{decide, Decision, IgnoreReason, RejectReason, MANUAL_ACTION_NEEDED};
 pub use early::{Early, EarlyDecision, EarlyEvent, Held, Origin, Released};
+pub use finished::{finished_key, Finished};
 pub use ids::{command_id, COMMAND_ID_NAMESPACE};
 pub use model::*;
 pub use policy::Policy;

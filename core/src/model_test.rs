@@ -16,6 +16,9 @@
 //! and more on the way: real results are never rejected, bogus ones are ignored or
 //! rejected as specified, and the state round-trips through JSON.
 //!
+//! A create of a settled order is also decided against its finished record, as after an
+//! eviction: it must be ignored.
+//!
 //! Events for an order that has no state go through the early path, as in the processor:
 //! cancels and results may arrive before their create in any order, are held, released
 //! when the create comes (a held cancel means the order never issues a command) or expire
@@ -286,6 +289,17 @@ impl World {
             }
         }
         let existing = self.states.get(&id).map(|s| s.same_request(&r));
+        // The same create after the order's state was evicted meets only its finished
+        // record: whatever the order went through, it starts nothing again.
+        if let Some(st) = self.states.get(&id).filter(|s| s.is_settled()) {
+            let d = self
+                .policy
+                .decide_finished(&Finished::of(st), &Event::Create(r.clone()));
+            prop_assert_eq!(
+                d,
+                Decision::Ignore(IgnoreReason::FinishedCreate { status: st.status })
+            );
+        }
         let d = self.process(&id, &Event::Create(r))?;
         match existing {
             None => prop_assert!(matches!(d, Decision::Apply { .. }), "{:?}", d),

@@ -158,6 +158,14 @@ fn admin(config: &Config) -> Result<AdminClient<DefaultClientContext>, KafkaErro
     crate::kafka::clients::admin(config, "order-saga-admin").create()
 }
 
+/// The topic settings of `order-state` (also in `scripts/stack`).
+pub const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
+    ("cleanup.policy", "compact"),
+    ("segment.ms", "600000"),
+    ("min.cleanable.dirty.ratio", "0.1"),
+    ("delete.retention.ms", "3600000"),
+];
+
 /// Creates `names` with `partitions` partitions each, leaving existing topics as they are.
 /// `order-status` and `order-early-events` are created compacted: they are the changelogs
 /// of the saga state.
@@ -176,6 +184,11 @@ pub async fn create_topics(
                 // ones only after readers have had an hour to see them.
                 t.set("cleanup.policy", "compact")
                     .set("min.compaction.lag.ms", "3600000")
+            } else if name.ends_with(topics::ORDER_STATE) {
+                // Restores read it: compaction has to keep it near the keys still alive
+                // (orders in flight, finished-order records), so segments roll and are
+                // cleaned soon, and tombstones of evicted orders do not linger.
+                STATE_TOPIC_CONFIG.iter().fold(t, |t, (k, v)| t.set(k, v))
             } else if name.ends_with(topics::ORDER_EARLY_EVENTS) {
                 // Held events are tombstoned once released or expired; compaction keeps
                 // the topic as small as the events still held.

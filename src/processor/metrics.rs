@@ -31,6 +31,10 @@ pub struct Metrics {
     pub idle_timeouts: AtomicU64,
     /// Records moved to the partition of their key (written with another partitioner).
     pub rerouted: AtomicU64,
+    /// Creates of orders that had already finished, ignored (no second saga).
+    pub finished_creates: AtomicU64,
+    /// Finished-order records forgotten at the end of the dedup window.
+    pub expired_finished: AtomicU64,
 }
 
 impl Metrics {
@@ -65,6 +69,8 @@ impl Metrics {
             expired = self.expired_events.load(Relaxed),
             idle_timeouts = self.idle_timeouts.load(Relaxed),
             rerouted = self.rerouted.load(Relaxed),
+            finished_creates = self.finished_creates.load(Relaxed),
+            expired_finished = self.expired_finished.load(Relaxed),
             in_memory = %per_status,
             holding,
             "{what}"

@@ -30,6 +30,7 @@
 //! [`metrics`] (counters).
 
 pub mod dlq;
+pub mod housekeeping;
 pub mod inputs;
 pub mod metrics;
 pub mod rebalance;
@@ -163,22 +164,65 @@ fn now_millis() -> Millis {
 }
 
 /// How one step of the loop went wrong, and what to do about it.
+#[derive(Debug, Error)]
 enum StepError {
     /// The transaction must be aborted and its input read again, after a pause.
-    Abort(String),
+    #[error("{reason}")]
+    Abort {
+        reason: String,
+        /// The error behind it, if one was: logged with the reason.
+        #[source]
+        source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    },
     /// The producer is done for.
-    Fatal(KafkaError),
+    #[error("fatal Kafka error")]
+    Fatal(#[source] KafkaError),
     /// A commit whose outcome could not be learned within the transaction timeout.
+    #[error("commit outcome unknown after {waited_ms} ms: {reason}")]
     Indeterminate { waited_ms: u64, reason: String },
     /// A decision would write a record larger than the brokers accept; nothing of it was
     /// sent. The input that caused it is dead-lettered.
+    #[error("{0}")]
     OutputTooLarge(String),
+}
+
+impl StepError {
+    /// An abort with no error behind it.
+    fn abort(reason: impl Into<String>) -> Self {
+        StepError::Abort {
+            reason: reason.into(),
+            source: None,
+        }
+    }
+
+    /// An abort caused by `source`.
+    fn abort_by(
+        reason: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        StepError::Abort {
+            reason: reason.into(),
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The error and every cause behind it, for a log line.
+    fn chain(&self) -> String {
+        let mut out = self.to_string();
+        let mut next = std::error::Error::source(self);
+        while let Some(cause) = next {
+            out.push_str(": ");
+            out.push_str(&cause.to_string());
+            next = cause.source();
+        }
+        out
+    }
 }
 
 impl From<KafkaError> for StepError {
     fn from(e: KafkaError) -> Self {
         match classify(&e) {
-            ErrorClass::Retry | ErrorClass::Abort => StepError::Abort(e.to_string()),
+            ErrorClass::Retry | ErrorClass::Abort => StepError::abort_by("Kafka call failed", e),
             ErrorClass::Fatal => StepError::Fatal(e),
         }
     }
@@ -223,8 +267,10 @@ impl Loop {
         let mut names: Vec<&str> = inputs.iter().map(String::as_str).collect();
         let status_topic = topics.name(topics::ORDER_STATUS);
         let early_topic = topics.name(topics::ORDER_EARLY_EVENTS);
+        let state_topic = topics.name(topics::ORDER_STATE);
         names.push(&status_topic);
         names.push(&early_topic);
+        names.push(&state_topic);
         let partitions = loop {
             use crate::kafka::admin::AdminError;
             match crate::kafka::admin::check_co_partitioned(&ctx.config, &names) {
@@ -318,9 +364,9 @@ impl Loop {
             };
             match outcome {
                 Ok(()) => backoff.reset(),
-                Err(StepError::Abort(reason)) => {
+                Err(e @ StepError::Abort { .. }) => {
                     let delay = backoff.next_delay();
-                    warn!(reason = %reason, retry_in_ms = delay.as_millis() as u64, "aborting transaction");
+                    warn!(reason = %e.chain(), retry_in_ms = delay.as_millis() as u64, "aborting transaction");
                     self.abort_and_rewind()?;
                     std::thread::sleep(delay);
                 }
@@ -402,10 +448,15 @@ impl Loop {
             }
         }
         self.fire_deadlines()?;
+        // Evictions write to the changelog, so they go in this transaction.
+        // Entries left to write after an upgrade's restore go out in every transaction.
+        let housekeeping = self.last_evict.elapsed() >= EVICT_EVERY;
+        if housekeeping || self.stores.values().any(PartitionStore::has_unwritten) {
+            self.housekeeping()?;
+        }
         self.commit()?;
-        if self.last_evict.elapsed() >= EVICT_EVERY {
+        if housekeeping {
             self.last_evict = Instant::now();
-            self.evict();
             // A walk over every order: once a second, not once a transaction.
             self.ctx
                 .telemetry
@@ -478,7 +529,7 @@ impl Loop {
                 Some(Ok(msg)) => self.inputs.stray(msg),
                 Some(Err(e)) => match classify(&e) {
                     ErrorClass::Retry => debug!(error = %e, "transient consumer error"),
-                    ErrorClass::Abort => return Err(StepError::Abort(e.to_string())),
+                    ErrorClass::Abort => return Err(StepError::abort_by("consumer error", e)),
                     ErrorClass::Fatal => return Err(StepError::Fatal(e)),
                 },
             }
@@ -543,9 +594,9 @@ impl Loop {
             }
             self.consumer
                 .committed_offsets(inputs, Duration::from_secs(60))
-                .map_err(|e| StepError::Abort(format!("committed offsets not stable yet: {e}")))?;
+                .map_err(|e| StepError::abort_by("committed offsets not stable yet", e))?;
             let restored = restore::restore(&self.ctx, &self.topics, &self.unrestored, &self.stop)
-                .map_err(|e| StepError::Abort(format!("state restore failed: {e}")))?;
+                .map_err(|e| StepError::abort_by("state restore failed", e))?;
             for (p, store) in restored {
                 Metrics::add(&self.ctx.metrics.restored_orders, store.len() as u64);
                 self.unrestored.remove(&p);
@@ -566,15 +617,6 @@ impl Loop {
         }
         self.consumer.resume(&ready)?;
         Ok(())
-    }
-
-    fn evict(&mut self) {
-        let retention = self.ctx.config.state_retention_ms as Millis;
-        let older_than = now_millis() - retention;
-        let evicted: usize = self.stores.values_mut().map(|s| s.evict(older_than)).sum();
-        if evicted > 0 {
-            Metrics::add(&self.ctx.metrics.evicted_orders, evicted as u64);
-        }
     }
 
     fn log_counters(&self, what: &str) {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use rdkafka::message::{Headers, Message, OwnedHeaders, OwnedMessage};
 use rdkafka::producer::BaseRecord;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::metrics::Metrics;
 use super::store::Entry;
@@ -18,7 +18,9 @@ use super::wire::{self, WireError};
 use super::{now_millis, Loop, StepError};
 use crate::contracts::convert;
 use crate::kafka::{classify, partitioner, ErrorClass};
-use crate::saga::{Action, Command, Decision, EarlyDecision, Event, OrderState, Origin};
+use crate::saga::{
+    Action, Command, Decision, EarlyDecision, Event, IgnoreReason, OrderState, Origin,
+};
 use crate::topics;
 
 /// The largest record the processor writes: the brokers' default `message.max.bytes`
@@ -67,7 +69,9 @@ impl Loop {
             {
                 Ok(e) => e,
                 // The registry being unreachable is not the record's fault: retry it.
-                Err(e) if e.is_transient() => return Err(StepError::Abort(e.to_string())),
+                Err(e) if e.is_transient() => {
+                    return Err(StepError::abort_by("input not decodable for now", e))
+                }
                 Err(e) => return self.dead_letter(msg, e.kind(), &e.to_string()),
             };
         if convert::event_order_id(&event) != Some(key) {
@@ -82,16 +86,36 @@ impl Loop {
         let Some(store) = self.stores.get(&partition) else {
             // Inputs are opened only for restored partitions; one that is not ours any
             // more will be read again by its owner.
-            return Err(StepError::Abort(format!(
+            return Err(StepError::abort(format!(
                 "record of partition {partition}, whose state is not here"
             )));
         };
-        let outcome = match store.get(key) {
-            Some(Entry::Order(state)) => {
+        // Only ids without a state are looked up by their finished key (a hash).
+        let finished = match store.get(key) {
+            Some(Entry::Order(_)) => None,
+            Some(Entry::Early(_)) | None => store.finished(key),
+        };
+        let outcome = match (store.get(key), finished) {
+            (Some(Entry::Order(state)), _) => {
                 let decision = self.ctx.policy.decide(Some(state.as_ref()), &event, now);
+                if state.is_terminal()
+                    && decision == Decision::Ignore(IgnoreReason::DuplicateCreate)
+                {
+                    self.finished_create(key, state.status);
+                    return Ok(());
+                }
                 self.settle(partition, msg, decision)
             }
-            other => {
+            // An order known only by its finished record: whatever is held for its id
+            // (written before records existed) waits behind it.
+            (_, Some(finished)) => match self.ctx.policy.decide_finished(&finished, &event) {
+                Decision::Ignore(IgnoreReason::FinishedCreate { status }) => {
+                    self.finished_create(key, status);
+                    Ok(())
+                }
+                decision => self.settle(partition, msg, decision),
+            },
+            (other, None) => {
                 let early = match other {
                     Some(Entry::Early(e)) => Some(e),
                     _ => None,
@@ -114,6 +138,16 @@ impl Loop {
             Err(StepError::OutputTooLarge(why)) => self.dead_letter(msg, "output_too_large", &why),
             other => other,
         }
+    }
+
+    /// Counts and logs a create of an order that already finished: it starts nothing.
+    fn finished_create(&self, order_id: &str, status: crate::saga::Status) {
+        info!(
+            order_id,
+            status = status.as_str(),
+            "create of a finished order ignored"
+        );
+        Metrics::add(&self.ctx.metrics.finished_creates, 1);
     }
 
     /// Moves a record written to another partition than its key's (a producer with
@@ -285,6 +319,7 @@ impl Loop {
     ) -> Result<(), StepError> {
         let status_topic = self.topics.name(topics::ORDER_STATUS);
         let status = self.encode(convert::encode_status(&self.ctx.codec, &state))?;
+        let private = wire::encode_state(&state).map_err(encoding_failed)?;
         let mut outputs = Vec::with_capacity(commands.len());
         for command in &commands {
             let topic = self.topics.name(topics::command_topic(command.action));
@@ -296,7 +331,7 @@ impl Loop {
         let largest = outputs
             .iter()
             .map(|(_, b, _)| b.len())
-            .chain([status.len()])
+            .chain([status.len(), private.len()])
             .max()
             .unwrap_or(0);
         if largest > MAX_RECORD_BYTES {
@@ -313,6 +348,14 @@ impl Loop {
             Some(partition),
             &state.order_id,
             Some(&status),
+            None,
+        )?;
+        let state_topic = self.topics.name(topics::ORDER_STATE);
+        self.send(
+            &state_topic,
+            Some(partition),
+            &state.order_id,
+            Some(&private),
             None,
         )?;
         for (topic, bytes, action) in &outputs {
@@ -351,9 +394,21 @@ impl Loop {
         payload: Option<&[u8]>,
         headers: Option<OwnedHeaders>,
     ) -> Result<(), StepError> {
+        self.send_bytes(topic, partition, key.as_bytes(), payload, headers)
+    }
+
+    /// [`Loop::send`] with a key that need not be text.
+    pub(super) fn send_bytes(
+        &mut self,
+        topic: &str,
+        partition: Option<i32>,
+        key: &[u8],
+        payload: Option<&[u8]>,
+        headers: Option<OwnedHeaders>,
+    ) -> Result<(), StepError> {
         self.begin()?;
         self.ctx.telemetry.on_produced(topic);
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key.as_bytes());
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).key(key);
         if let Some(p) = payload {
             record = record.payload(p);
         }
@@ -438,7 +493,7 @@ impl Loop {
 }
 
 fn encoding_failed(e: WireError) -> StepError {
-    StepError::Abort(format!("encoding failed: {e}"))
+    StepError::abort_by("encoding failed", e)
 }
 
 /// Header put on a re-routed record: the partition it was first written to.

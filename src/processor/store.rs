@@ -2,15 +2,17 @@
 //!
 //! Changes made while a Kafka transaction is open go to an overlay; they reach the
 //! committed map only when the transaction commits, and vanish when it aborts. That keeps
-//! the in-memory state equal to what the changelogs hold (`order-status` for orders,
-//! `order-early-events` for events held before their create).
+//! the in-memory state equal to what the changelogs hold (`order-state` for orders and
+//! finished-order records, `order-early-events` for events held before their create).
 //!
 //! Deadlines and evictions are found through time-ordered indexes, so neither costs a
-//! scan of every order.
+//! scan of every order. Finished-order records have no index: they are the bulk of the
+//! store (a week of orders), and an index would double their size; they are scanned for
+//! expiry now and then instead (see [`PartitionStore::expired_finished`]).
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::saga::{Early, Millis, OrderState};
+use crate::saga::{finished_key, Early, Finished, Millis, OrderState};
 
 /// What the processor knows about one order id.
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +54,32 @@ pub struct PartitionStore {
     /// (last change, id) of committed settled orders, oldest first; may be stale too.
     settled: BTreeSet<(Millis, String)>,
     grace_ms: Millis,
+    /// Records of finished orders whose state was evicted, by [`finished_key`] of the id:
+    /// 24 bytes a slot.
+    finished: HashMap<u64, Finished>,
+    /// Changes of the open transaction to `finished`; `None` removes the record.
+    finished_overlay: HashMap<u64, Option<Finished>>,
+    /// Entries that the private changelog does not hold yet (restored from `order-status`
+    /// on an upgrade), to be written by the next transactions.
+    unwritten: Vec<Unwritten>,
+    /// Taken from `unwritten` by the open transaction; put back if it aborts.
+    writing: Vec<Unwritten>,
+    /// Whether the changelog partition is known to hold the marker that says it is
+    /// complete (every entry of the partition is in it).
+    complete: bool,
+    /// The open transaction writes the marker.
+    marking: bool,
+    /// When finished records are next scanned for the end of their dedup window.
+    pub next_expiry_scan: Millis,
+}
+
+/// An entry of the store that its changelog partition does not hold yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unwritten {
+    /// The entry (order state) of an order id.
+    Order(String),
+    /// The finished record of a key.
+    Finished(u64),
 }
 
 impl PartitionStore {
@@ -77,6 +105,80 @@ impl PartitionStore {
             Some(Entry::Order(s)) => Some(s.as_ref()),
             Some(Entry::Early(_)) | None => None,
         }
+    }
+
+    /// The finished record of an order id, including changes of the open transaction.
+    pub fn finished(&self, order_id: &str) -> Option<Finished> {
+        self.finished_by_key(finished_key(order_id))
+    }
+
+    /// The finished record of a key, including changes of the open transaction.
+    pub fn finished_by_key(&self, key: u64) -> Option<Finished> {
+        match self.finished_overlay.get(&key) {
+            Some(change) => *change,
+            None => self.finished.get(&key).copied(),
+        }
+    }
+
+    /// Records, in the open transaction, that an order finished (its state is removed
+    /// separately, with [`PartitionStore::remove`]).
+    pub fn put_finished(&mut self, key: u64, record: Finished) {
+        self.finished_overlay.insert(key, Some(record));
+    }
+
+    /// Records, in the open transaction, that a finished record is forgotten.
+    pub fn remove_finished(&mut self, key: u64) {
+        self.finished_overlay.insert(key, None);
+    }
+
+    /// Loads a finished record read from a changelog, bypassing the overlay.
+    pub fn restore_finished(&mut self, key: u64, record: Finished) {
+        self.finished.insert(key, record);
+    }
+
+    /// Committed finished records.
+    pub fn finished_len(&self) -> usize {
+        self.finished.len()
+    }
+
+    /// Notes entries that the changelog lacks; [`PartitionStore::take_unwritten`] hands
+    /// them out.
+    pub fn mark_unwritten(&mut self, entries: impl IntoIterator<Item = Unwritten>) {
+        self.unwritten.extend(entries);
+    }
+
+    /// Up to `limit` entries still to be written, for the open transaction.
+    pub fn take_unwritten(&mut self, limit: usize) -> Vec<Unwritten> {
+        let from = self.unwritten.len().saturating_sub(limit);
+        let taken: Vec<Unwritten> = self.unwritten.drain(from..).collect();
+        self.writing.extend(taken.iter().cloned());
+        taken
+    }
+
+    /// Whether entries are still to be written.
+    pub fn has_unwritten(&self) -> bool {
+        !self.unwritten.is_empty()
+    }
+
+    /// Notes that the changelog partition holds the complete marker (read on restore).
+    pub fn set_complete(&mut self) {
+        self.complete = true;
+    }
+
+    /// Whether the open transaction should write the complete marker: the partition
+    /// lacks it and nothing is left to write. The marker counts once its transaction
+    /// commits.
+    pub fn take_marker(&mut self) -> bool {
+        if self.complete || self.marking || !self.unwritten.is_empty() || !self.writing.is_empty() {
+            return false;
+        }
+        self.marking = true;
+        true
+    }
+
+    /// Whether the changelog partition holds the complete marker.
+    pub fn is_complete(&self) -> bool {
+        self.complete
     }
 
     /// Records a change made in the open transaction.
@@ -143,6 +245,16 @@ impl PartitionStore {
                 self.deadlines.insert((d, entry.1.clone()));
             }
         }
+        self.writing.clear();
+        if std::mem::take(&mut self.marking) {
+            self.complete = true;
+        }
+        for (key, change) in self.finished_overlay.drain() {
+            match change {
+                Some(record) => self.finished.insert(key, record),
+                None => self.finished.remove(&key),
+            };
+        }
         let changes: Vec<(String, Option<Entry>)> = self.overlay.drain().collect();
         for (id, change) in changes {
             if let Some(old) = self.committed.remove(&id) {
@@ -163,27 +275,45 @@ impl PartitionStore {
     /// Forgets the overlay, after its transaction aborted.
     pub fn rollback(&mut self) {
         self.overlay.clear();
+        self.finished_overlay.clear();
+        self.unwritten.append(&mut self.writing);
+        self.marking = false;
     }
 
-    /// Removes settled orders that last changed before `older_than`. Returns how many
-    /// were evicted.
-    pub fn evict(&mut self, older_than: Millis) -> usize {
-        let mut evicted = 0;
-        while let Some((at, id)) = self.settled.first().cloned() {
-            if at >= older_than {
+    /// Up to `limit` committed settled orders that last changed before `older_than`,
+    /// oldest first, and not changed in the open transaction: the caller replaces each
+    /// by its finished record in the open transaction. Drops stale index entries.
+    pub fn evictable(&mut self, older_than: Millis, limit: usize) -> Vec<(String, Finished)> {
+        let mut out = Vec::new();
+        let mut stale = Vec::new();
+        for (at, id) in self.settled.iter() {
+            if *at >= older_than || out.len() >= limit {
                 break;
             }
-            self.settled.remove(&(at, id.clone()));
-            let still = matches!(
-                self.committed.get(&id),
-                Some(e) if e.settled_at() == Some(at)
-            );
-            if still && !self.overlay.contains_key(&id) {
-                self.committed.remove(&id);
-                evicted += 1;
+            match self.committed.get(id) {
+                Some(Entry::Order(s)) if s.is_settled() && s.updated_at == *at => {
+                    if !self.overlay.contains_key(id) {
+                        out.push((id.clone(), Finished::of(s)));
+                    }
+                }
+                _ => stale.push((*at, id.clone())),
             }
         }
-        evicted
+        for entry in stale {
+            self.settled.remove(&entry);
+        }
+        out
+    }
+
+    /// Up to `limit` keys of committed finished records past the dedup window at `now`
+    /// and not changed in the open transaction. A scan of every record: call it seldom.
+    pub fn expired_finished(&self, window_ms: Millis, now: Millis, limit: usize) -> Vec<u64> {
+        self.finished
+            .iter()
+            .filter(|(k, f)| f.expired(window_ms, now) && !self.finished_overlay.contains_key(k))
+            .map(|(k, _)| *k)
+            .take(limit)
+            .collect()
     }
 
     /// Entries held in committed state.
@@ -299,20 +429,158 @@ mod tests {
         assert!(s.due(first).is_empty(), "the old deadline must be gone");
     }
 
-    #[test]
-    fn eviction_takes_only_settled_orders_older_than_the_cut() {
-        let mut s = PartitionStore::new(1_000);
-        let mut done = order("done", 10);
+    fn completed(id: &str, at: Millis) -> OrderState {
+        let mut done = order(id, at);
         done.forward = None;
         done.status = crate::saga::Status::Completed;
-        s.restore("done".into(), Entry::Order(Box::new(done)));
+        done.version = 5;
+        done
+    }
+
+    #[test]
+    fn eviction_offers_only_settled_orders_older_than_the_cut() {
+        let mut s = PartitionStore::new(1_000);
+        s.restore("done".into(), Entry::Order(Box::new(completed("done", 10))));
         s.restore("open".into(), Entry::Order(Box::new(order("open", 10))));
         s.restore("early".into(), early("early", 10));
-        assert_eq!(s.evict(10), 0, "not older than the cut yet");
-        assert_eq!(s.evict(11), 1);
-        assert!(s.get("done").is_none());
-        assert!(s.get("open").is_some());
-        assert!(s.get("early").is_some());
+        assert!(
+            s.evictable(10, 100).is_empty(),
+            "not older than the cut yet"
+        );
+        let offered = s.evictable(11, 100);
+        assert_eq!(offered.len(), 1);
+        assert_eq!(offered[0].0, "done");
+        assert_eq!(offered[0].1.version, 5);
         assert_eq!(s.early_count(), 1);
+    }
+
+    #[test]
+    fn an_eviction_replaces_the_state_by_its_record_only_when_committed() {
+        let mut s = PartitionStore::new(1_000);
+        s.restore("done".into(), Entry::Order(Box::new(completed("done", 10))));
+        let (id, record) = s.evictable(11, 100).remove(0);
+        s.remove(&id);
+        s.put_finished(finished_key(&id), record);
+        assert!(s.get("done").is_none());
+        assert_eq!(
+            s.finished("done"),
+            Some(record),
+            "visible in the transaction"
+        );
+        s.rollback();
+        assert!(s.get("done").is_some(), "an abort keeps the state");
+        assert_eq!(s.finished("done"), None);
+        assert_eq!(s.evictable(11, 100).len(), 1, "and offers it again");
+
+        s.remove("done");
+        s.put_finished(finished_key("done"), record);
+        s.commit(12);
+        assert!(s.get("done").is_none());
+        assert_eq!(s.finished_len(), 1);
+        assert_eq!(s.finished("done"), Some(record));
+        assert!(
+            s.evictable(i64::MAX, 100).is_empty(),
+            "its index entry is gone"
+        );
+    }
+
+    #[test]
+    fn eviction_offers_at_most_the_limit_oldest_first() {
+        let mut s = PartitionStore::new(1_000);
+        for i in 0..5 {
+            let id = format!("o{i}");
+            s.restore(id.clone(), Entry::Order(Box::new(completed(&id, 10 + i))));
+        }
+        let offered: Vec<String> = s.evictable(100, 2).into_iter().map(|(id, _)| id).collect();
+        assert_eq!(offered, vec!["o0".to_string(), "o1".to_string()]);
+    }
+
+    #[test]
+    fn finished_records_past_the_window_are_found_and_forgotten_on_commit() {
+        let mut s = PartitionStore::new(1_000);
+        let old = Finished {
+            status: crate::saga::Status::Failed,
+            version: 2,
+            finished_at: 100,
+        };
+        let young = Finished {
+            finished_at: 900,
+            ..old
+        };
+        s.restore_finished(1, old);
+        s.restore_finished(2, young);
+        assert_eq!(s.expired_finished(500, 599, 10), Vec::<u64>::new());
+        assert_eq!(s.expired_finished(500, 600, 10), vec![1]);
+        s.remove_finished(1);
+        assert!(
+            s.expired_finished(500, 600, 10).is_empty(),
+            "a record changed in the open transaction is left alone"
+        );
+        s.commit(600);
+        assert_eq!(s.finished_len(), 1);
+        assert_eq!(s.finished_by_key(2), Some(young));
+    }
+
+    #[test]
+    fn unwritten_entries_return_after_an_abort_and_the_marker_follows_the_last() {
+        let mut s = PartitionStore::new(1_000);
+        s.mark_unwritten([Unwritten::Order("a".into()), Unwritten::Finished(7)]);
+        assert!(!s.take_marker(), "no marker while entries are unwritten");
+        assert_eq!(s.take_unwritten(10).len(), 2);
+        assert!(!s.take_marker(), "nor while they are being written");
+        s.rollback();
+        assert!(s.has_unwritten());
+        assert_eq!(s.take_unwritten(1).len(), 1);
+        s.commit(1);
+        assert_eq!(s.take_unwritten(10).len(), 1);
+        s.commit(2);
+        assert!(!s.is_complete());
+        assert!(s.take_marker());
+        s.rollback();
+        assert!(!s.is_complete(), "an aborted marker does not count");
+        assert!(s.take_marker());
+        s.commit(3);
+        assert!(s.is_complete());
+        assert!(!s.take_marker(), "written once");
+    }
+
+    #[test]
+    fn a_deadline_falls_due_again_after_a_tick_that_changed_nothing() {
+        let mut s = PartitionStore::new(1_000);
+        let st = order("a", 10);
+        let due = st.next_deadline().expect("awaits RESERVE");
+        s.restore("a".into(), Entry::Order(Box::new(st)));
+        assert_eq!(s.next_due(), Some(due));
+        // The transaction that saw it due did not change the order: it stays due.
+        s.commit(due);
+        assert_eq!(s.due(due), vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn finished_records_take_at_most_64_bytes_each_in_memory() {
+        // The map's own footprint: its table of 24-byte slots and control bytes, at the
+        // load factor a map of this size ends up with.
+        let n: usize = 1_000_000;
+        let mut m: HashMap<u64, Finished> = HashMap::new();
+        for i in 0..n as u64 {
+            m.insert(
+                finished_key(&i.to_string()),
+                Finished {
+                    status: crate::saga::Status::Completed,
+                    version: 5,
+                    finished_at: i as Millis,
+                },
+            );
+        }
+        assert_eq!(m.len(), n, "no two of a million ids share a key");
+        let slot = std::mem::size_of::<(u64, Finished)>();
+        // hashbrown keeps a power-of-two number of buckets, at most 7/8 of them full, each
+        // a slot plus one control byte.
+        let buckets = (m.capacity() * 8 / 7).next_power_of_two();
+        let bytes = buckets * (slot + 1);
+        let per_entry = bytes / n;
+        eprintln!("finished records: {per_entry} bytes each at a million ({slot}-byte slots)");
+        assert_eq!(slot, 24);
+        assert!(per_entry <= 64, "{per_entry} bytes per finished order");
     }
 }

@@ -91,7 +91,7 @@ impl Loop {
         }
         if offsets.count() > 0 {
             let Some(group) = self.consumer.group_metadata() else {
-                return Err(StepError::Abort("consumer has no group metadata".into()));
+                return Err(StepError::abort("consumer has no group metadata"));
             };
             retrying(budget, started, |left| {
                 self.producer
@@ -99,7 +99,7 @@ impl Loop {
             })
             .map_err(|e| match e {
                 // Offsets not sent: the transaction is still open and can be aborted.
-                StepError::Indeterminate { reason, .. } => StepError::Abort(reason),
+                StepError::Indeterminate { reason, .. } => StepError::abort(reason),
                 other => other,
             })?;
         }
@@ -150,10 +150,10 @@ impl Loop {
             Err(StepError::Indeterminate { waited_ms, reason }) => {
                 return Err(ProcessorError::Indeterminate { waited_ms, reason })
             }
-            Err(StepError::Abort(reason) | StepError::OutputTooLarge(reason)) => {
+            Err(e @ (StepError::Abort { .. } | StepError::OutputTooLarge(_))) => {
                 return Err(ProcessorError::Indeterminate {
                     waited_ms: self.ctx.config.transaction_timeout_ms,
-                    reason,
+                    reason: e.chain(),
                 })
             }
         }
@@ -190,7 +190,8 @@ impl Loop {
     pub(super) fn drain(&mut self) {
         if let Err(e) = self.commit() {
             let why = match &e {
-                StepError::Abort(r) | StepError::OutputTooLarge(r) => r.clone(),
+                StepError::Abort { .. } => e.chain(),
+                StepError::OutputTooLarge(r) => r.clone(),
                 StepError::Fatal(k) => k.to_string(),
                 StepError::Indeterminate { reason, .. } => reason.clone(),
             };
