@@ -540,12 +540,19 @@ impl Loop {
     fn apply_rebalance(&mut self, events: Vec<RebalanceEvent>) -> Result<(), StepError> {
         for event in events {
             match event {
-                RebalanceEvent::Revoked(parts) => {
+                RebalanceEvent::Revoked { parts, lost } => {
                     self.unrestored.retain(|p| !parts.contains(p));
                     for p in parts {
+                        // A store is kept for a quick return only when nobody else can
+                        // have owned its partition meanwhile; a lost one is restored anew.
                         if let Some(store) = self.stores.remove(&p) {
-                            self.parked.insert(p, store);
+                            if !lost {
+                                self.parked.insert(p, store);
+                            }
                         }
+                    }
+                    if lost {
+                        self.parked.clear();
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {

@@ -15,7 +15,13 @@ use tracing::{info, warn};
 /// A change of the consumer's assignment, by partition number.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RebalanceEvent {
-    Revoked(BTreeSet<i32>),
+    /// Partitions taken away. `lost`: the member was already out of the group (its
+    /// session or poll interval ran out), so another member may have owned and processed
+    /// them meanwhile.
+    Revoked {
+        parts: BTreeSet<i32>,
+        lost: bool,
+    },
     Assigned(BTreeSet<i32>),
     /// The rebalance failed; the group will try again.
     Failed(String),
@@ -35,6 +41,14 @@ impl RebalanceTracker {
         }
     }
 
+    /// Whether events are waiting: a transaction must not commit across them.
+    pub fn pending(&self) -> bool {
+        match self.events.lock() {
+            Ok(e) => !e.is_empty(),
+            Err(poisoned) => !poisoned.into_inner().is_empty(),
+        }
+    }
+
     fn push(&self, event: RebalanceEvent) {
         match self.events.lock() {
             Ok(mut e) => e.push(event),
@@ -51,11 +65,16 @@ impl ClientContext for RebalanceTracker {
 }
 
 impl ConsumerContext for RebalanceTracker {
-    fn pre_rebalance(&self, _consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
+    fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(tpl) = rebalance {
             let parts: BTreeSet<i32> = tpl.elements().iter().map(|e| e.partition()).collect();
-            info!(partitions = ?parts, "partitions revoked");
-            self.push(RebalanceEvent::Revoked(parts));
+            let lost = consumer.assignment_lost();
+            if lost {
+                warn!(partitions = ?parts, "partitions lost: this member was out of the group");
+            } else {
+                info!(partitions = ?parts, "partitions revoked");
+            }
+            self.push(RebalanceEvent::Revoked { parts, lost });
         }
     }
 

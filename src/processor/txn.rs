@@ -89,6 +89,16 @@ impl Loop {
         for c in &self.txn.consumed {
             offsets.add_partition_offset(&c.topic, c.partition, Offset::Offset(c.next))?;
         }
+        // A member that dropped out of the group (its session ran out while it was stopped)
+        // has group metadata without a generation, which the broker does not check: its
+        // offsets would commit although another member owns the partitions now. So no
+        // transaction commits across a rebalance or a lost assignment; it is aborted and
+        // the records are read again by whoever owns them.
+        if self.consumer.assignment_lost() || self.consumer.context().pending() {
+            return Err(StepError::abort(
+                "the assignment changed under the open transaction",
+            ));
+        }
         if offsets.count() > 0 {
             let Some(group) = self.consumer.group_metadata() else {
                 return Err(StepError::abort("consumer has no group metadata"));
