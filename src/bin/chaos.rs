@@ -516,6 +516,42 @@ fn log_time_ms(line: &str) -> Option<i64> {
     Some(((days * 86_400 + hh * 3600 + mm * 60) as f64 * 1000.0 + secs * 1000.0) as i64)
 }
 
+/// The log file of the process `pid`, from the script's `start` events.
+fn log_of(events: &[Event], pid: i64) -> Option<String> {
+    let e = events
+        .iter()
+        .find(|e| e.kind == "start" && e.rest.get("pid").and_then(|v| v.as_i64()) == Some(pid))?;
+    let slot = e.rest.get("slot")?.as_str()?;
+    let gen = e.rest.get("gen")?.as_i64()?;
+    Some(format!("{slot}-{gen}.log"))
+}
+
+/// The partitions a processor held at `t_ms`: its last `partitions assigned` line before
+/// then, unless a `partitions revoked` came after it.
+fn assigned_before(log: &Path, t_ms: i64) -> Option<BTreeSet<i32>> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut held = None;
+    for line in text.lines() {
+        if log_time_ms(line).is_none_or(|t| t > t_ms) {
+            continue;
+        }
+        let Some(at) = line.find("partitions={") else {
+            continue;
+        };
+        let list = &line[at + "partitions={".len()..];
+        let parts: BTreeSet<i32> = list[..list.find('}').unwrap_or(0)]
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if line.contains("partitions assigned") {
+            held = Some(parts);
+        } else if line.contains("partitions revoked") {
+            held = Some(BTreeSet::new());
+        }
+    }
+    held.filter(|h| !h.is_empty())
+}
+
 fn field_u64(line: &str, name: &str) -> Option<u64> {
     let at = line.find(&format!(" {name}="))?;
     line[at + name.len() + 2..]
@@ -760,7 +796,7 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
                     .and_then(|d| d.parse().ok())
                     .unwrap_or(0);
                 let timeout: i64 = r
-                    .get("CurrentTransactionTimeoutMs")
+                    .get("TransactionTimeoutMs")
                     .and_then(|d| d.parse().ok())
                     .unwrap_or(i64::MAX);
                 state == Some("Ongoing") && duration > timeout
@@ -768,15 +804,22 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
             .map(|r| r.get("TransactionalId").cloned().unwrap_or_default())
             .collect();
         let described = rows.len();
-        let hanging_partitions = match &args.hanging {
-            Some(h) => parse_table(&std::fs::read_to_string(h)?, "Topic").len(),
-            None => 0,
+        // A tool run that failed prints no table at all, which must not read as "none".
+        let (hanging_partitions, hanging_tables) = match &args.hanging {
+            Some(h) => {
+                let text = std::fs::read_to_string(h)?;
+                (
+                    parse_table(&text, "Topic").len(),
+                    text.lines().filter(|l| l.starts_with("Topic\t")).count(),
+                )
+            }
+            None => (0, 1),
         };
         check(
             &mut checks,
             "no transaction is open for longer than its timeout, and no partition holds a hanging one",
-            hanging.is_empty() && hanging_partitions == 0 && described > 0,
-            format!("{described} transactional ids described, {} ongoing past their timeout{}; find-hanging: {hanging_partitions} partitions", hanging.len(), sample(&hanging)),
+            hanging.is_empty() && hanging_partitions == 0 && described > 0 && hanging_tables > 0,
+            format!("{described} transactional ids described, {} ongoing past their timeout{}; find-hanging on {hanging_tables} brokers: {hanging_partitions} partitions", hanging.len(), sample(&hanging)),
         );
     }
 
@@ -890,24 +933,39 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
             ) {
                 continue;
             }
-            // Partitions that were busy just before: the first order-status record each
-            // one shows afterwards; the slowest is when the whole group works again.
+            // A processor's own partitions (its log's last assignment before the event);
+            // for a broker or the database, every partition that was busy just before.
+            // The first order-status record each shows afterwards; the slowest is when
+            // they all work again.
+            let victim = e
+                .rest
+                .get("pid")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|pid| log_of(&events, pid))
+                .and_then(|log| {
+                    let dir = path.parent()?.join("logs");
+                    assigned_before(&dir.join(log), e.t_ms)
+                });
             let mut worst: Option<i64> = None;
-            let mut busy = 0;
-            for times in status_times.values() {
-                let before = times.iter().any(|t| *t <= e.t_ms && *t > e.t_ms - 5_000);
-                if !before {
+            let mut watched = Vec::new();
+            for (p, times) in &status_times {
+                let concerned = match &victim {
+                    Some(parts) => parts.contains(p),
+                    None => times.iter().any(|t| *t <= e.t_ms && *t > e.t_ms - 5_000),
+                };
+                if !concerned {
                     continue;
                 }
-                busy += 1;
+                watched.push(*p);
                 if let Some(first) = times.iter().filter(|t| **t > e.t_ms).min() {
                     worst = Some(worst.map_or(first - e.t_ms, |w: i64| w.max(first - e.t_ms)));
                 }
             }
             recoveries.push(json!({
                 "t_ms": e.t_ms, "kind": e.kind, "details": e.rest,
-                "busy_partitions": busy,
-                "longest_gap_ms": worst,
+                "partitions": watched,
+                "partitions_from": if victim.is_some() { "victim's assignment" } else { "busy in the 5 s before" },
+                "recovery_ms": worst,
             }));
         }
         figures.insert("disruptions", json!(recoveries));
@@ -1010,7 +1068,7 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
             c.detail.replace('|', "/")
         );
     }
-    let _ = writeln!(md, "\n| disruption | at (ms since start) | busy partitions | longest order-status gap after it |\n|---|---|---|---|");
+    let _ = writeln!(md, "\n| disruption | at (s since start) | partitions watched | first order-status on all of them after |\n|---|---|---|---|");
     let t0 = recoveries
         .first()
         .and_then(|r| r["t_ms"].as_i64())
@@ -1028,12 +1086,13 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
             .unwrap_or_default();
         let _ = writeln!(
             md,
-            "| {} {} | {} | {} | {} |",
+            "| {} {} | {:.1} | {} ({}) | {} |",
             r["kind"].as_str().unwrap_or("?"),
             details.join(" "),
-            r["t_ms"].as_i64().unwrap_or(0) - start,
-            r["busy_partitions"],
-            r["longest_gap_ms"]
+            (r["t_ms"].as_i64().unwrap_or(0) - start) as f64 / 1000.0,
+            r["partitions"],
+            r["partitions_from"].as_str().unwrap_or(""),
+            r["recovery_ms"]
                 .as_i64()
                 .map(|g| format!("{g} ms"))
                 .unwrap_or_else(|| "none after".into())
