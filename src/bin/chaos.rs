@@ -451,7 +451,8 @@ async fn decode_commands(
     Ok(out)
 }
 
-/// One line of `kafka-transactions describe`: its columns by header name.
+/// The rows of a table `kafka-transactions` prints (describe, find-hanging), each by header
+/// name; the table starts at the line whose first cell is `first_column`.
 fn parse_table(text: &str, first_column: &str) -> Vec<HashMap<String, String>> {
     let mut rows = Vec::new();
     let mut header: Option<Vec<String>> = None;
@@ -1112,4 +1113,118 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
     )?;
     print!("{md}");
     Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use order_saga::load::{sample_invalid_order, sample_order, InvalidKind, Rng};
+
+    fn behaviour(fail_rate: f64, retriable_rate: f64) -> Behaviour {
+        SimulateArgs {
+            fail_rate,
+            retriable_rate,
+            ..SimulateArgs::default()
+        }
+        .behaviour()
+        .unwrap()
+    }
+
+    fn order(seed: u64) -> OrderCreate {
+        OrderCreate::from(&sample_order(&mut Rng::new(seed), 1_000))
+    }
+
+    #[test]
+    fn an_order_whose_services_all_succeed_is_planned_completed_with_the_four_forward_commands() {
+        let o = order(1);
+        let p = plan(&o, &behaviour(0.0, 0.0), 3).unwrap();
+        assert_eq!(p.status, "COMPLETED");
+        let actions: Vec<Action> = p.commands.iter().map(|(_, a)| *a).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Reserve,
+                Action::Charge,
+                Action::Schedule,
+                Action::Send
+            ]
+        );
+        assert_eq!(p.commands[0].0, command_id(&o.order_id, Action::Reserve, 1));
+    }
+
+    #[test]
+    fn a_reservation_that_always_fails_for_good_is_planned_failed_after_one_attempt() {
+        let p = plan(&order(2), &behaviour(1.0, 0.0), 3).unwrap();
+        assert_eq!(p.status, "FAILED");
+        assert_eq!(p.commands.len(), 1);
+    }
+
+    #[test]
+    fn a_retriable_failure_is_planned_as_every_attempt_up_to_the_limit() {
+        let o = order(3);
+        let p = plan(&o, &behaviour(1.0, 1.0), 3).unwrap();
+        assert_eq!(p.status, "FAILED");
+        let ids: Vec<&str> = p.commands.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            (1..=3)
+                .map(|n| command_id(&o.order_id, Action::Reserve, n))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_invalid_order_is_planned_failed_with_no_command() {
+        for kind in InvalidKind::ALL {
+            let o = OrderCreate::from(&sample_invalid_order(&mut Rng::new(4), 1_000, kind));
+            let p = plan(&o, &behaviour(0.0, 0.0), 3).unwrap();
+            assert_eq!((p.status, p.commands.len()), ("FAILED", 0), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_simulator_that_drops_commands_makes_the_plan_unknowable() {
+        let b = SimulateArgs {
+            drop_rate: 1.0,
+            ..SimulateArgs::default()
+        }
+        .behaviour()
+        .unwrap();
+        assert!(plan(&order(5), &b, 3).is_err());
+    }
+
+    #[test]
+    fn a_log_line_time_is_read_as_epoch_milliseconds() {
+        let line = "2026-12-01T07:00:03.106276Z ERROR librdkafka: something";
+        assert_eq!(log_time_ms(line), Some(1_796_108_403_106));
+        assert_eq!(log_time_ms("not a log line"), None);
+    }
+
+    #[test]
+    fn a_describe_table_with_an_empty_last_column_is_read_by_header_name() {
+        let text = "CoordinatorId\tTransactionalId  \tProducerId\tProducerEpoch\tTransactionState\tTransactionTimeoutMs\tCurrentTransactionStartTimeMs\tTransactionDurationMs\tTopicPartitions\t\n\
+                    1            \tc1-0\t2000      \t2            \tOngoing         \t10000               \t1796109525364\t29496                \t               \t\n";
+        let rows = parse_table(text, "CoordinatorId");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["TransactionState"], "Ongoing");
+        assert_eq!(rows[0]["TransactionTimeoutMs"], "10000");
+        assert_eq!(rows[0]["TransactionDurationMs"], "29496");
+    }
+
+    #[test]
+    fn a_processor_holds_its_last_assignment_until_a_revocation() {
+        let dir = std::env::temp_dir().join(format!("chaos-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("p0-0.log");
+        std::fs::write(
+            &log,
+            "2026-12-01T07:00:00.000000Z  INFO order_saga::processor::rebalance: partitions assigned partitions={0, 1}\n\
+             2026-12-01T07:00:10.000000Z  INFO order_saga::processor::rebalance: partitions revoked partitions={0, 1}\n",
+        )
+        .unwrap();
+        let t = log_time_ms("2026-12-01T07:00:05.000000Z x").unwrap();
+        assert_eq!(assigned_before(&log, t), Some(BTreeSet::from([0, 1])));
+        assert_eq!(assigned_before(&log, t + 10_000), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
