@@ -7,6 +7,7 @@
 // exit 2: the broker did not answer in time
 // exit 3: a topic exists with another partition count
 // exit 1: any other failure
+// -Dstack.replication.factor=N (default 1): replication factor of the topics it creates.
 
 import java.util.ArrayList;
 import java.util.HashMap;
@@ -27,6 +28,9 @@ import org.apache.kafka.common.errors.RetriableException;
 import org.apache.kafka.common.errors.TopicExistsException;
 
 public class CreateTopics {
+    private static final short REPLICATION_FACTOR =
+            Short.parseShort(System.getProperty("stack.replication.factor", "1"));
+
     public static void main(String[] args) throws Exception {
         if (args.length < 4) {
             System.err.println("usage: CreateTopics <bootstrap> <partitions> <timeout-seconds> <topic>[:k=v,...]...");
@@ -112,7 +116,7 @@ public class CreateTopics {
         List<NewTopic> toCreate = new ArrayList<>();
         for (Map.Entry<String, Map<String, String>> e : wanted.entrySet()) {
             if (!existing.contains(e.getKey())) {
-                toCreate.add(new NewTopic(e.getKey(), partitions, (short) 1).configs(e.getValue()));
+                toCreate.add(new NewTopic(e.getKey(), partitions, REPLICATION_FACTOR).configs(e.getValue()));
             }
         }
         if (toCreate.isEmpty()) {

@@ -1,0 +1,1241 @@
+//! `chaos`: the tools of `scripts/chaos` (README, "Chaos runs").
+//!
+//! - `chaos poison --count N --out FILE` produces N malformed records on
+//!   `order-create-request` (bad magic byte, unknown schema id, a bare magic byte, no key)
+//!   and writes where each landed, one JSON object a line.
+//! - `chaos verify --out DIR …` reads every topic of the run with a read_committed
+//!   consumer (and once more with read_uncommitted, to count aborted records), PostgreSQL
+//!   and the files the script wrote, and prints a scorecard (markdown on stdout,
+//!   `DIR/scorecard.md` and `DIR/scorecard.json`). Exit code 1 if a check failed.
+//!
+//! The verifier does not ask the processor anything. What every order should end as is
+//! recomputed from its create record and the simulated services' answers, which are a pure
+//! function of the command id and the simulator's settings (the same `ORDER_SAGA_SIM_*`
+//! variables the simulator ran with); command ids follow the published formula of
+//! `saga::ids`. The saga rules it re-implements are the few rows of the README's table a
+//! run without cancels, drops or timeouts can reach.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
+use rdkafka::error::KafkaError;
+use rdkafka::message::{Headers as _, Message as _};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+use rdkafka::{Offset, TopicPartitionList};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use order_saga::config::{Config, ConfigArgs};
+use order_saga::contracts::records::{
+    InventoryCommand, NotificationCommand, OrderCreate, OrderStatusRecord, PaymentCommand,
+    ShippingCommand,
+};
+use order_saga::contracts::Codec;
+use order_saga::kafka::clients;
+use order_saga::saga::{command_id, Action, Outcome};
+use order_saga_tools::simulate::{Answer, Behaviour, SimulateArgs};
+
+#[derive(Parser)]
+#[command(
+    name = "chaos",
+    about = "Poison records and the verifier of scripts/chaos"
+)]
+struct Cli {
+    #[command(flatten)]
+    config: ConfigArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Produce malformed records on order-create-request and record where they landed.
+    Poison {
+        /// How many records (spread over the four kinds).
+        #[arg(long, default_value_t = 8)]
+        count: u32,
+        /// JSON lines file to append each record's topic, partition, offset, key and value to.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Check the run and print its scorecard.
+    Verify(Box<VerifyArgs>),
+}
+
+#[derive(clap::Args)]
+struct VerifyArgs {
+    /// The simulator's settings (the same flags and ORDER_SAGA_SIM_* variables).
+    #[command(flatten)]
+    sim: SimulateArgs,
+    /// Directory for scorecard.md and scorecard.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Name of the run, printed in the scorecard.
+    #[arg(long, default_value = "chaos")]
+    name: String,
+    /// Orders the load generator published; every one must be found.
+    #[arg(long)]
+    expect_orders: Option<u64>,
+    /// The poison file `chaos poison` wrote.
+    #[arg(long)]
+    poison: Option<PathBuf>,
+    /// The events file the script wrote (one JSON object a line, `t_ms` and `kind`).
+    #[arg(long)]
+    events: Option<PathBuf>,
+    /// Output of `kafka-transactions describe` for every transactional id, concatenated.
+    #[arg(long)]
+    transactions: Option<PathBuf>,
+    /// Output of `kafka-transactions find-hanging` for every broker, concatenated.
+    #[arg(long)]
+    hanging: Option<PathBuf>,
+    /// Log of the zombie processor (the one stopped, replaced and resumed).
+    #[arg(long)]
+    zombie_log: Option<PathBuf>,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let config = cli.config.into_config();
+    if let Err(e) = config.validate() {
+        eprintln!("chaos: {e}");
+        return ExitCode::from(2);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("chaos: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::Poison { count, out } => poison(&config, count, &out).await.map(|()| true),
+            Command::Verify(args) => verify(&config, &args).await,
+        }
+    });
+    match result {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::FAILURE,
+        Err(e) => {
+            eprintln!("chaos: {e:#}");
+            ExitCode::from(3)
+        }
+    }
+}
+
+// ------------------------------------------------------------------------------- poison
+
+#[derive(Debug, Serialize, Deserialize)]
+struct PoisonRecord {
+    topic: String,
+    partition: i32,
+    offset: i64,
+    key: Option<String>,
+    value_hex: String,
+    kind: String,
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().fold(String::new(), |mut s, b| {
+        let _ = write!(s, "{b:02x}");
+        s
+    })
+}
+
+async fn poison(config: &Config, count: u32, out: &Path) -> anyhow::Result<()> {
+    let producer: FutureProducer = clients::plain_producer(config, "chaos-poison")
+        .create()
+        .context("creating the producer")?;
+    let topic = config.topics().name("order-create-request");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis())
+        .unwrap_or(0);
+    let mut lines = String::new();
+    for i in 0..count {
+        let (kind, value, keyed): (&str, Vec<u8>, bool) = match i % 4 {
+            0 => ("bad_magic", b"\x07not avro at all".to_vec(), true),
+            1 => (
+                "unknown_schema",
+                vec![0, 0x7f, 0xff, 0xff, 0xf0, 2, 4, 6],
+                true,
+            ),
+            2 => ("truncated", vec![0], true),
+            _ => ("no_key", b"\x07no key either".to_vec(), false),
+        };
+        let key = format!("chaos-poison-{stamp}-{i}");
+        let mut record = FutureRecord::to(&topic).payload(&value);
+        if keyed {
+            record = record.key(&key);
+        }
+        let delivery = producer
+            .send(record, Duration::from_secs(30))
+            .await
+            .map_err(|(e, _)| e)
+            .context("producing a poison record")?;
+        let line = serde_json::to_string(&PoisonRecord {
+            topic: topic.clone(),
+            partition: delivery.partition,
+            offset: delivery.offset,
+            key: keyed.then(|| key.clone()),
+            value_hex: hex(&value),
+            kind: kind.to_owned(),
+        })?;
+        lines.push_str(&line);
+        lines.push('\n');
+    }
+    use std::io::Write as _;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(out)
+        .with_context(|| format!("opening {}", out.display()))?;
+    f.write_all(lines.as_bytes())?;
+    println!("{count} poison records on {topic}");
+    Ok(())
+}
+
+// ------------------------------------------------------------------------------- reading
+
+/// One record as read, detached from the consumer.
+struct Raw {
+    partition: i32,
+    offset: i64,
+    timestamp: i64,
+    key: Option<Vec<u8>>,
+    value: Option<Vec<u8>>,
+    headers: Vec<(String, Vec<u8>)>,
+}
+
+/// Reads every partition of `topic` from its beginning to its end (the last stable offset
+/// for read_committed), on a blocking thread.
+async fn read_topic(config: &Config, topic: &str, committed: bool) -> anyhow::Result<Vec<Raw>> {
+    let mut cfg = clients::assigned_reader(config, "chaos-verify");
+    cfg.set("enable.partition.eof", "true").set(
+        "isolation.level",
+        if committed {
+            "read_committed"
+        } else {
+            "read_uncommitted"
+        },
+    );
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<Raw>> {
+        let consumer: BaseConsumer<clients::EofAwareContext> =
+            cfg.create_with_context(clients::EofAwareContext)?;
+        let md = consumer.fetch_metadata(Some(&topic), Duration::from_secs(30))?;
+        let partitions: Vec<i32> = md
+            .topics()
+            .iter()
+            .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+            .collect();
+        if partitions.is_empty() {
+            bail!("topic {topic} has no partitions (does it exist?)");
+        }
+        let mut tpl = TopicPartitionList::new();
+        let mut pending = BTreeSet::new();
+        for p in partitions {
+            let (low, high) = consumer.fetch_watermarks(&topic, p, Duration::from_secs(30))?;
+            if high > low {
+                tpl.add_partition_offset(&topic, p, Offset::Beginning)?;
+                pending.insert(p);
+            }
+        }
+        let mut out = Vec::new();
+        if pending.is_empty() {
+            return Ok(out);
+        }
+        consumer.assign(&tpl)?;
+        // A hanging transaction would hold the last stable offset back for ever.
+        let deadline = std::time::Instant::now() + Duration::from_secs(300);
+        while !pending.is_empty() {
+            if std::time::Instant::now() > deadline {
+                bail!("reading {topic} did not reach the end of partitions {pending:?} in 300 s");
+            }
+            match consumer.poll(Duration::from_millis(200)) {
+                None => {}
+                Some(Err(KafkaError::PartitionEOF(p))) => {
+                    pending.remove(&p);
+                }
+                Some(Err(e)) => eprintln!("chaos: reading {topic}: {e}; continuing"),
+                Some(Ok(m)) => {
+                    let headers = m
+                        .headers()
+                        .map(|h| {
+                            h.iter()
+                                .map(|x| (x.key.to_owned(), x.value.unwrap_or_default().to_vec()))
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    out.push(Raw {
+                        partition: m.partition(),
+                        offset: m.offset(),
+                        timestamp: m.timestamp().to_millis().unwrap_or(0),
+                        key: m.key().map(<[u8]>::to_vec),
+                        value: m.payload().map(<[u8]>::to_vec),
+                        headers,
+                    });
+                }
+            }
+        }
+        Ok(out)
+    })
+    .await?
+}
+
+// ------------------------------------------------------------------------------- the plan
+
+/// What the saga must have done with one order, given the services' answers.
+#[derive(Debug, Default)]
+struct Plan {
+    status: &'static str,
+    commands: Vec<(String, Action)>,
+}
+
+/// Runs attempts of `action` until one succeeds, fails for good or none is left; true if it
+/// succeeded. A dropped command would need the saga's timeouts, which a chaos run turns
+/// off, so it makes the plan unknowable.
+fn attempts(
+    order_id: &str,
+    action: Action,
+    behaviour: &Behaviour,
+    max_attempts: u32,
+    plan: &mut Plan,
+) -> anyhow::Result<bool> {
+    for attempt in 1..=max_attempts {
+        let id = command_id(order_id, action, attempt);
+        let answer = behaviour.answer(&id, action);
+        plan.commands.push((id, action));
+        match answer {
+            Answer::Drop => bail!("the simulator drops commands (--drop-rate > 0): no plan"),
+            Answer::Reply {
+                outcome: Outcome::Success,
+                ..
+            } => return Ok(true),
+            Answer::Reply { retriable, .. } => {
+                if !retriable {
+                    return Ok(false);
+                }
+            }
+        }
+    }
+    Ok(false)
+}
+
+/// The generator's invalid orders (empty cart, a zero quantity, a wrong total, the
+/// unsupported currency `XXX`), judged here from the record, not by the saga's validator.
+fn invalid(order: &OrderCreate) -> bool {
+    let sum: i64 = order
+        .items
+        .iter()
+        .map(|i| i.unit_price_minor * i64::from(i.quantity))
+        .sum();
+    order.items.is_empty()
+        || order
+            .items
+            .iter()
+            .any(|i| i.quantity <= 0 || i.unit_price_minor <= 0)
+        || order.total_minor != sum
+        || order.currency != "EUR"
+}
+
+fn plan(order: &OrderCreate, b: &Behaviour, max: u32) -> anyhow::Result<Plan> {
+    let mut plan = Plan::default();
+    let id = order.order_id.as_str();
+    if invalid(order) {
+        plan.status = "FAILED";
+        return Ok(plan);
+    }
+    if !attempts(id, Action::Reserve, b, max, &mut plan)? {
+        plan.status = "FAILED";
+        return Ok(plan);
+    }
+    if !attempts(id, Action::Charge, b, max, &mut plan)? {
+        attempts(id, Action::Release, b, max, &mut plan)?;
+        plan.status = "FAILED";
+        return Ok(plan);
+    }
+    if !attempts(id, Action::Schedule, b, max, &mut plan)? {
+        let refunded = attempts(id, Action::Refund, b, max, &mut plan)?;
+        let released = attempts(id, Action::Release, b, max, &mut plan)?;
+        plan.status = if refunded && released {
+            "CANCELED"
+        } else {
+            "FAILED"
+        };
+        return Ok(plan);
+    }
+    plan.status = if attempts(id, Action::Send, b, max, &mut plan)? {
+        "COMPLETED"
+    } else {
+        "FAILED"
+    };
+    Ok(plan)
+}
+
+// ------------------------------------------------------------------------------- verify
+
+#[derive(Debug, Serialize)]
+struct Check {
+    name: &'static str,
+    passed: bool,
+    detail: String,
+}
+
+fn check(checks: &mut Vec<Check>, name: &'static str, passed: bool, detail: String) {
+    checks.push(Check {
+        name,
+        passed,
+        detail,
+    });
+}
+
+/// The first few items of a list, for a readable detail line.
+fn sample<T: std::fmt::Debug>(items: &[T]) -> String {
+    if items.is_empty() {
+        return String::new();
+    }
+    let shown: Vec<String> = items.iter().take(5).map(|i| format!("{i:?}")).collect();
+    format!(
+        "; e.g. {}{}",
+        shown.join(", "),
+        if items.len() > 5 { ", …" } else { "" }
+    )
+}
+
+async fn decode_commands(
+    codec: &Codec,
+    topic: &str,
+    base: &str,
+    raws: &[Raw],
+) -> anyhow::Result<Vec<(String, String, Action)>> {
+    let mut out = Vec::with_capacity(raws.len());
+    for r in raws {
+        let Some(v) = r.value.as_deref() else {
+            continue;
+        };
+        let (order, id, action) = match base {
+            "inventory-reserve-request" => {
+                let c: InventoryCommand = codec.decode(base, v).await?;
+                (c.order_id, c.command_id, c.action)
+            }
+            "payment-process-request" => {
+                let c: PaymentCommand = codec.decode(base, v).await?;
+                (c.order_id, c.command_id, c.action)
+            }
+            "shipping-schedule-request" => {
+                let c: ShippingCommand = codec.decode(base, v).await?;
+                (c.order_id, c.command_id, c.action)
+            }
+            _ => {
+                let c: NotificationCommand = codec.decode(base, v).await?;
+                (c.order_id, c.command_id, c.action)
+            }
+        };
+        out.push((
+            order,
+            id,
+            action
+                .to_action()
+                .with_context(|| format!("a command on {topic}"))?,
+        ));
+    }
+    Ok(out)
+}
+
+/// The rows of a table `kafka-transactions` prints (describe, find-hanging), each by header
+/// name; the table starts at the line whose first cell is `first_column`.
+fn parse_table(text: &str, first_column: &str) -> Vec<HashMap<String, String>> {
+    let mut rows = Vec::new();
+    let mut header: Option<Vec<String>> = None;
+    for line in text.lines() {
+        let cells: Vec<&str> = line.split_whitespace().collect();
+        if cells.first() == Some(&first_column) {
+            header = Some(cells.iter().map(|s| (*s).to_owned()).collect());
+            continue;
+        }
+        if let Some(h) = &header {
+            if cells.len() >= h.len().saturating_sub(1) && !cells.is_empty() {
+                rows.push(
+                    h.iter()
+                        .cloned()
+                        .zip(cells.iter().map(|s| (*s).to_owned()))
+                        .collect(),
+                );
+            }
+        }
+    }
+    rows
+}
+
+#[derive(Debug, Deserialize)]
+struct Event {
+    t_ms: i64,
+    kind: String,
+    #[serde(flatten)]
+    rest: serde_json::Map<String, serde_json::Value>,
+}
+
+fn read_lines<T: for<'de> Deserialize<'de>>(path: &Path) -> anyhow::Result<Vec<T>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).with_context(|| format!("a line of {}", path.display())))
+        .collect()
+}
+
+/// Milliseconds since the epoch of a log line's leading RFC 3339 UTC timestamp
+/// (`2026-12-01T07:01:02.123456Z`).
+fn log_time_ms(line: &str) -> Option<i64> {
+    let ts = line.split_whitespace().next()?;
+    let (date, time) = ts.trim_end_matches('Z').split_once('T')?;
+    let mut d = date.split('-').map(|x| x.parse::<i64>());
+    let (y, m, day) = (d.next()?.ok()?, d.next()?.ok()?, d.next()?.ok()?);
+    let mut t = time.split(':');
+    let (hh, mm) = (
+        t.next()?.parse::<i64>().ok()?,
+        t.next()?.parse::<i64>().ok()?,
+    );
+    let secs: f64 = t.next()?.parse().ok()?;
+    // Days from the civil date (Howard Hinnant's algorithm).
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some(((days * 86_400 + hh * 3600 + mm * 60) as f64 * 1000.0 + secs * 1000.0) as i64)
+}
+
+/// The log file of the process `pid`, from the script's `start` events.
+fn log_of(events: &[Event], pid: i64) -> Option<String> {
+    let e = events
+        .iter()
+        .find(|e| e.kind == "start" && e.rest.get("pid").and_then(|v| v.as_i64()) == Some(pid))?;
+    let slot = e.rest.get("slot")?.as_str()?;
+    let gen = e.rest.get("gen")?.as_i64()?;
+    Some(format!("{slot}-{gen}.log"))
+}
+
+/// The partitions a processor held at `t_ms`: its last `partitions assigned` line before
+/// then, unless a `partitions revoked` came after it.
+fn assigned_before(log: &Path, t_ms: i64) -> Option<BTreeSet<i32>> {
+    let text = std::fs::read_to_string(log).ok()?;
+    let mut held = None;
+    for line in text.lines() {
+        if log_time_ms(line).is_none_or(|t| t > t_ms) {
+            continue;
+        }
+        let Some(at) = line.find("partitions={") else {
+            continue;
+        };
+        let list = &line[at + "partitions={".len()..];
+        let parts: BTreeSet<i32> = list[..list.find('}').unwrap_or(0)]
+            .split(',')
+            .filter_map(|p| p.trim().parse().ok())
+            .collect();
+        if line.contains("partitions assigned") {
+            held = Some(parts);
+        } else if line.contains("partitions revoked") {
+            held = Some(BTreeSet::new());
+        }
+    }
+    held.filter(|h| !h.is_empty())
+}
+
+fn field_u64(line: &str, name: &str) -> Option<u64> {
+    let at = line.find(&format!(" {name}="))?;
+    line[at + name.len() + 2..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
+}
+
+async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
+    let started = std::time::Instant::now();
+    let behaviour = args.sim.behaviour()?;
+    let topics = config.topics();
+    let codec = Codec::new(order_saga::contracts::registry::RegistryClient::secured(
+        &config.registry_url,
+        &config.security.registry_auth()?,
+    )?)?;
+    let mut checks = Vec::new();
+    let mut figures: BTreeMap<&'static str, serde_json::Value> = BTreeMap::new();
+
+    // Orders, and what each should have become.
+    let creates = read_topic(config, &topics.name("order-create-request"), true).await?;
+    let mut orders: BTreeMap<String, Plan> = BTreeMap::new();
+    let mut undecodable_creates = 0u64;
+    let mut repeated_creates = 0u64;
+    for r in &creates {
+        let Some(v) = r.value.as_deref() else {
+            undecodable_creates += 1;
+            continue;
+        };
+        match codec.decode::<OrderCreate>("order-create-request", v).await {
+            Ok(c) => {
+                let p = plan(&c, &behaviour, config.max_attempts)?;
+                if orders.insert(c.order_id.clone(), p).is_some() {
+                    repeated_creates += 1;
+                }
+            }
+            Err(_) => undecodable_creates += 1,
+        }
+    }
+    figures.insert("orders", json!(orders.len()));
+    figures.insert("undecodable_creates", json!(undecodable_creates));
+    if let Some(n) = args.expect_orders {
+        check(
+            &mut checks,
+            "every published order is on order-create-request",
+            orders.len() as u64 == n && repeated_creates == 0,
+            format!(
+                "{} distinct orders found, {n} published, {repeated_creates} repeated",
+                orders.len()
+            ),
+        );
+    }
+    let cancels = read_topic(config, &topics.name("order-cancel-request"), true).await?;
+    check(
+        &mut checks,
+        "no cancel requests (their outcome races the saga, so a chaos run sends none)",
+        cancels.is_empty(),
+        format!("{} cancel records", cancels.len()),
+    );
+
+    // Commands: each planned one exactly once.
+    let mut seen: HashMap<String, (String, Action, u32)> = HashMap::new();
+    let mut command_records = 0u64;
+    for base in [
+        "inventory-reserve-request",
+        "payment-process-request",
+        "shipping-schedule-request",
+        "notification-send-request",
+    ] {
+        let topic = topics.name(base);
+        let raws = read_topic(config, &topic, true).await?;
+        for (order, id, action) in decode_commands(&codec, &topic, base, &raws).await? {
+            command_records += 1;
+            seen.entry(id).or_insert((order, action, 0)).2 += 1;
+        }
+    }
+    let mut planned_ids: HashMap<&str, Action> = HashMap::new();
+    for p in orders.values() {
+        for (id, a) in &p.commands {
+            planned_ids.insert(id.as_str(), *a);
+        }
+    }
+    let missing_cmds: Vec<&str> = planned_ids
+        .keys()
+        .filter(|id| !seen.contains_key(**id))
+        .copied()
+        .collect();
+    let duplicated_cmds: Vec<(&str, u32)> = seen
+        .iter()
+        .filter(|(_, (_, _, n))| *n > 1)
+        .map(|(id, (_, _, n))| (id.as_str(), *n))
+        .collect();
+    let unplanned_cmds: Vec<(&str, &str, Action)> = seen
+        .iter()
+        .filter(|(id, _)| !planned_ids.contains_key(id.as_str()))
+        .map(|(id, (o, a, _))| (id.as_str(), o.as_str(), *a))
+        .collect();
+    figures.insert("commands_planned", json!(planned_ids.len()));
+    figures.insert("command_records", json!(command_records));
+    check(
+        &mut checks,
+        "every planned command is on its topic exactly once, and no other",
+        missing_cmds.is_empty() && duplicated_cmds.is_empty() && unplanned_cmds.is_empty(),
+        format!(
+            "{} planned, {command_records} records: {} missing{}, {} duplicated{}, {} unplanned{}",
+            planned_ids.len(),
+            missing_cmds.len(),
+            sample(&missing_cmds),
+            duplicated_cmds.len(),
+            sample(&duplicated_cmds),
+            unplanned_cmds.len(),
+            sample(&unplanned_cmds)
+        ),
+    );
+
+    // order-status: the fold, versions, and the final status against the plan.
+    let status_topic = topics.name("order-status");
+    let status_raws = read_topic(config, &status_topic, true).await?;
+    let mut fold: HashMap<String, (String, i64)> = HashMap::new();
+    let mut versions: HashMap<String, Vec<i64>> = HashMap::new();
+    let mut status_times: BTreeMap<i32, Vec<i64>> = BTreeMap::new();
+    for r in &status_raws {
+        let key = r
+            .key
+            .as_deref()
+            .map(|k| String::from_utf8_lossy(k).into_owned())
+            .unwrap_or_default();
+        status_times
+            .entry(r.partition)
+            .or_default()
+            .push(r.timestamp);
+        let Some(v) = r.value.as_deref() else {
+            fold.remove(&key);
+            continue;
+        };
+        let s: OrderStatusRecord = codec.decode("order-status", v).await?;
+        versions.entry(key.clone()).or_default().push(s.version);
+        fold.insert(key, (s.status()?.as_str().to_owned(), s.version));
+    }
+    let mut lost = Vec::new();
+    let mut mismatched = Vec::new();
+    for (id, p) in &orders {
+        match fold.get(id) {
+            None => lost.push(id.clone()),
+            Some((status, _)) if status != p.status => {
+                mismatched.push(format!("{id}: {status}, planned {}", p.status))
+            }
+            Some(_) => {}
+        }
+    }
+    let mut duplicated_versions = Vec::new();
+    let mut unordered = 0u64;
+    for (id, vs) in &versions {
+        let distinct: BTreeSet<i64> = vs.iter().copied().collect();
+        if distinct.len() != vs.len() {
+            duplicated_versions.push(id.clone());
+        }
+        if vs.windows(2).any(|w| w[1] <= w[0]) {
+            unordered += 1;
+        }
+    }
+    let mut per_status: BTreeMap<&str, u64> = BTreeMap::new();
+    for p in orders.values() {
+        *per_status.entry(p.status).or_default() += 1;
+    }
+    figures.insert("planned_statuses", json!(per_status));
+    figures.insert("status_records", json!(status_raws.len()));
+    check(
+        &mut checks,
+        "every order's last order-status is the status its plan implies",
+        lost.is_empty() && mismatched.is_empty(),
+        format!(
+            "{} orders: {} lost (no status){}, {} mismatched{}",
+            orders.len(),
+            lost.len(),
+            sample(&lost),
+            mismatched.len(),
+            sample(&mismatched)
+        ),
+    );
+    check(
+        &mut checks,
+        "no order-status version is written twice or out of order",
+        duplicated_versions.is_empty() && unordered == 0,
+        format!(
+            "{} orders with a repeated version{}, {unordered} with versions out of order",
+            duplicated_versions.len(),
+            sample(&duplicated_versions)
+        ),
+    );
+
+    // Aborted records: on disk for read_uncommitted, never for read_committed.
+    let mut aborted_total = 0usize;
+    let mut overlap = 0usize;
+    for base in [
+        "inventory-reserve-request",
+        "payment-process-request",
+        "shipping-schedule-request",
+        "notification-send-request",
+        "order-status",
+        "order-dlq",
+        "order-early-events",
+    ] {
+        let topic = topics.name(base);
+        let all = read_topic(config, &topic, false).await?;
+        let committed: BTreeSet<(i32, i64)> = if base == "order-status" {
+            status_raws
+                .iter()
+                .map(|r| (r.partition, r.offset))
+                .collect()
+        } else {
+            read_topic(config, &topic, true)
+                .await?
+                .iter()
+                .map(|r| (r.partition, r.offset))
+                .collect()
+        };
+        let everything: BTreeSet<(i32, i64)> =
+            all.iter().map(|r| (r.partition, r.offset)).collect();
+        aborted_total += everything.difference(&committed).count();
+        overlap += committed.difference(&everything).count();
+    }
+    figures.insert("aborted_records_hidden", json!(aborted_total));
+    check(
+        &mut checks,
+        "read_committed sees no record outside what read_uncommitted sees, and no duplicate (aborted records are counted, not shown)",
+        overlap == 0 && duplicated_cmds.is_empty() && duplicated_versions.is_empty(),
+        format!("{aborted_total} aborted records hidden from read_committed; {overlap} committed offsets unknown to read_uncommitted"),
+    );
+
+    // Transactions left open.
+    if let Some(path) = &args.transactions {
+        let text = std::fs::read_to_string(path)?;
+        let rows = parse_table(&text, "CoordinatorId");
+        let hanging: Vec<String> = rows
+            .iter()
+            .filter(|r| {
+                let state = r.get("TransactionState").map(String::as_str);
+                let duration: i64 = r
+                    .get("TransactionDurationMs")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(0);
+                let timeout: i64 = r
+                    .get("TransactionTimeoutMs")
+                    .and_then(|d| d.parse().ok())
+                    .unwrap_or(i64::MAX);
+                state == Some("Ongoing") && duration > timeout
+            })
+            .map(|r| r.get("TransactionalId").cloned().unwrap_or_default())
+            .collect();
+        let described = rows.len();
+        // A tool run that failed prints no table at all, which must not read as "none".
+        let (hanging_partitions, hanging_tables) = match &args.hanging {
+            Some(h) => {
+                let text = std::fs::read_to_string(h)?;
+                (
+                    parse_table(&text, "Topic").len(),
+                    text.lines().filter(|l| l.starts_with("Topic\t")).count(),
+                )
+            }
+            None => (0, 1),
+        };
+        check(
+            &mut checks,
+            "no transaction is open for longer than its timeout, and no partition holds a hanging one",
+            hanging.is_empty() && hanging_partitions == 0 && described > 0 && hanging_tables > 0,
+            format!("{described} transactional ids described, {} ongoing past their timeout{}; find-hanging on {hanging_tables} brokers: {hanging_partitions} partitions", hanging.len(), sample(&hanging)),
+        );
+    }
+
+    // PostgreSQL against the fold.
+    let db = order_saga::db::connect(&config.database_url, Duration::from_secs(60)).await?;
+    // The sink may still be applying the last batches: the table gets a minute to catch up.
+    let mut table: HashMap<String, (String, i64)> = HashMap::new();
+    for _ in 0..60 {
+        table.clear();
+        let rows = db
+            .query("SELECT order_id, status, version FROM orders", &[])
+            .await?;
+        for row in rows {
+            table.insert(row.get(0), (row.get(1), row.get(2)));
+        }
+        if table.len() == fold.len() && fold.iter().all(|(k, v)| table.get(k) == Some(v)) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut pg_missing = Vec::new();
+    let mut pg_differs = Vec::new();
+    for (id, want) in &fold {
+        match table.get(id) {
+            None => pg_missing.push(id.clone()),
+            Some(got) if got != want => {
+                pg_differs.push(format!("{id}: table {got:?}, changelog {want:?}"))
+            }
+            Some(_) => {}
+        }
+    }
+    let pg_extra: Vec<&String> = table.keys().filter(|k| !fold.contains_key(*k)).collect();
+    figures.insert("pg_rows", json!(table.len()));
+    check(
+        &mut checks,
+        "the PostgreSQL orders table equals the last order-status of every key",
+        pg_missing.is_empty() && pg_differs.is_empty() && pg_extra.is_empty(),
+        format!(
+            "{} rows, {} keys in the changelog: {} missing{}, {} differing{}, {} extra{}",
+            table.len(),
+            fold.len(),
+            pg_missing.len(),
+            sample(&pg_missing),
+            pg_differs.len(),
+            sample(&pg_differs),
+            pg_extra.len(),
+            sample(&pg_extra)
+        ),
+    );
+
+    // Poison records in the dead-letter topic.
+    let dlq = read_topic(config, &topics.name("order-dlq"), true).await?;
+    figures.insert("dlq_records", json!(dlq.len()));
+    if let Some(path) = &args.poison {
+        let injected: Vec<PoisonRecord> = read_lines(path)?;
+        let header = |r: &Raw, name: &str| {
+            r.headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| String::from_utf8_lossy(v).into_owned())
+        };
+        let mut not_found = Vec::new();
+        for p in &injected {
+            let found = dlq.iter().find(|r| {
+                header(r, "dlq.source.topic").as_deref() == Some(p.topic.as_str())
+                    && header(r, "dlq.source.partition") == Some(p.partition.to_string())
+                    && header(r, "dlq.source.offset") == Some(p.offset.to_string())
+            });
+            let ok = found.is_some_and(|r| {
+                r.key
+                    .as_deref()
+                    .map(|k| String::from_utf8_lossy(k).into_owned())
+                    == p.key
+                    && r.value.as_deref().map(hex) == Some(p.value_hex.clone())
+                    && header(r, "dlq.error.kind").is_some_and(|k| !k.is_empty())
+                    && header(r, "dlq.error.message").is_some_and(|m| !m.is_empty())
+            });
+            if !ok {
+                not_found.push(format!("{} {}@{}", p.kind, p.partition, p.offset));
+            }
+        }
+        let mut dlq_kinds: BTreeMap<String, u64> = BTreeMap::new();
+        for r in &dlq {
+            *dlq_kinds
+                .entry(header(r, "dlq.error.kind").unwrap_or_default())
+                .or_default() += 1;
+        }
+        figures.insert("dlq_kinds", json!(dlq_kinds));
+        check(
+            &mut checks,
+            "every injected poison record is in order-dlq once, with its key, value and dlq.* headers",
+            !injected.is_empty() && not_found.is_empty() && dlq.len() == injected.len(),
+            format!(
+                "{} injected, {} dead letters in all, {} not found or incomplete{}",
+                injected.len(),
+                dlq.len(),
+                not_found.len(),
+                sample(&not_found)
+            ),
+        );
+    }
+
+    // Recovery after each disruption, and the zombie.
+    let mut recoveries = Vec::new();
+    if let Some(path) = &args.events {
+        let events: Vec<Event> = read_lines(path)?;
+        for e in &events {
+            if !matches!(
+                e.kind.as_str(),
+                "kill_processor" | "kill_broker" | "stall_start" | "zombie_stop" | "pg_down"
+            ) {
+                continue;
+            }
+            // A processor's own partitions (its log's last assignment before the event);
+            // for a broker or the database, every partition that was busy just before.
+            // The first order-status record each shows afterwards; the slowest is when
+            // they all work again.
+            let victim = e
+                .rest
+                .get("pid")
+                .and_then(serde_json::Value::as_i64)
+                .and_then(|pid| log_of(&events, pid))
+                .and_then(|log| {
+                    let dir = path.parent()?.join("logs");
+                    assigned_before(&dir.join(log), e.t_ms)
+                });
+            let mut worst: Option<i64> = None;
+            let mut watched = Vec::new();
+            for (p, times) in &status_times {
+                let concerned = match &victim {
+                    Some(parts) => parts.contains(p),
+                    None => times.iter().any(|t| *t <= e.t_ms && *t > e.t_ms - 5_000),
+                };
+                if !concerned {
+                    continue;
+                }
+                watched.push(*p);
+                if let Some(first) = times.iter().filter(|t| **t > e.t_ms).min() {
+                    worst = Some(worst.map_or(first - e.t_ms, |w: i64| w.max(first - e.t_ms)));
+                }
+            }
+            recoveries.push(json!({
+                "t_ms": e.t_ms, "kind": e.kind, "details": e.rest,
+                "partitions": watched,
+                "partitions_from": if victim.is_some() { "victim's assignment" } else { "busy in the 5 s before" },
+                "recovery_ms": worst,
+            }));
+        }
+        figures.insert("disruptions", json!(recoveries));
+
+        let at = |kind: &str| events.iter().find(|e| e.kind == kind).map(|e| e.t_ms);
+        if let (Some(cont), Some(exit)) = (at("zombie_cont"), at("zombie_exit")) {
+            let exit_ms = exit - cont;
+            let replaced = at("zombie_replacement").unwrap_or(cont);
+            let mut commits_after = None;
+            let mut fenced_logged = false;
+            let mut ended = String::from("unknown");
+            if let Some(log) = &args.zombie_log {
+                let text = std::fs::read_to_string(log)?;
+                let mut before = None;
+                let mut after = None;
+                for line in text.lines() {
+                    let Some(t) = log_time_ms(line) else { continue };
+                    if let Some(n) = field_u64(line, "txn_committed") {
+                        if t < replaced {
+                            before = Some(n);
+                        } else {
+                            after = Some(n);
+                        }
+                    }
+                    if t >= cont && line.contains("fenced") {
+                        fenced_logged = true;
+                    }
+                    if let Some(at) = line.find("order-saga failed error=") {
+                        ended = line[at + "order-saga failed error=".len()..]
+                            .chars()
+                            .take(160)
+                            .collect();
+                    }
+                }
+                commits_after = match (before, after) {
+                    (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+                    (_, None) => Some(0),
+                    (None, Some(a)) => Some(a),
+                };
+            }
+            let code = events
+                .iter()
+                .find(|e| e.kind == "zombie_exit")
+                .and_then(|e| e.rest.get("code").cloned());
+            figures.insert("zombie_exit_ms", json!(exit_ms));
+            // Fenced means it wrote nothing once replaced and went away; whether the broker
+            // or its own deadline stopped it first is told, not judged.
+            check(
+                &mut checks,
+                "the zombie was fenced: no commit after its replacement started, and it exited",
+                commits_after == Some(0),
+                format!("exited {exit_ms} ms after SIGCONT (target 5000 ms) with code {}; commits after the replacement started: {}; \"fenced\" in its log: {fenced_logged}; its last error: {}",
+                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
+                    commits_after.map(|c| c.to_string()).unwrap_or_else(|| "unknown (no log)".into()),
+                    ended.replace('|', "/")),
+            );
+            check(
+                &mut checks,
+                "the zombie exits within 5 s of SIGCONT",
+                exit_ms <= 5_000,
+                format!("{exit_ms} ms"),
+            );
+        } else if at("zombie_stop").is_some() {
+            check(
+                &mut checks,
+                "the zombie exits after SIGCONT",
+                false,
+                "no zombie_exit event: it did not exit within the script's wait".into(),
+            );
+        }
+    }
+
+    let passed = checks.iter().all(|c| c.passed);
+    figures.insert("verify_seconds", json!(started.elapsed().as_secs_f64()));
+    let lost_n = lost.len();
+    let dup_n = duplicated_cmds.len() + duplicated_versions.len();
+    let mism_n = mismatched.len();
+    let card = json!({
+        "name": args.name,
+        "passed": passed,
+        "lost": lost_n,
+        "duplicated": dup_n,
+        "mismatched": mism_n,
+        "checks": checks,
+        "figures": figures,
+    });
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "# chaos scorecard: {} — {}\n",
+        args.name,
+        if passed { "PASSED" } else { "FAILED" }
+    );
+    let _ = writeln!(
+        md,
+        "lost **{lost_n}** · duplicated **{dup_n}** · mismatched **{mism_n}** · orders {} · zombie exit {}\n",
+        orders.len(),
+        figures
+            .get("zombie_exit_ms")
+            .map(|v| format!("{v} ms after SIGCONT"))
+            .unwrap_or_else(|| "n/a".into())
+    );
+    let _ = writeln!(md, "| check | result | detail |\n|---|---|---|");
+    for c in &checks {
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            c.name,
+            if c.passed { "pass" } else { "**FAIL**" },
+            c.detail.replace('|', "/")
+        );
+    }
+    let _ = writeln!(md, "\n| disruption | at (s since start) | partitions watched | first order-status on all of them after |\n|---|---|---|---|");
+    let t0 = recoveries
+        .first()
+        .and_then(|r| r["t_ms"].as_i64())
+        .unwrap_or(0);
+    let start = args
+        .events
+        .as_deref()
+        .and_then(|p| read_lines::<Event>(p).ok())
+        .and_then(|e| e.first().map(|e| e.t_ms))
+        .unwrap_or(t0);
+    for r in &recoveries {
+        let details: Vec<String> = r["details"]
+            .as_object()
+            .map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect())
+            .unwrap_or_default();
+        let _ = writeln!(
+            md,
+            "| {} {} | {:.1} | {} ({}) | {} |",
+            r["kind"].as_str().unwrap_or("?"),
+            details.join(" "),
+            (r["t_ms"].as_i64().unwrap_or(0) - start) as f64 / 1000.0,
+            r["partitions"],
+            r["partitions_from"].as_str().unwrap_or(""),
+            r["recovery_ms"]
+                .as_i64()
+                .map(|g| format!("{g} ms"))
+                .unwrap_or_else(|| "none after".into())
+        );
+    }
+    let _ = writeln!(md, "\n| figure | value |\n|---|---|");
+    for (k, v) in &figures {
+        if *k != "disruptions" {
+            let _ = writeln!(md, "| {k} | {v} |");
+        }
+    }
+    std::fs::create_dir_all(&args.out)?;
+    std::fs::write(args.out.join("scorecard.md"), &md)?;
+    std::fs::write(
+        args.out.join("scorecard.json"),
+        serde_json::to_string_pretty(&card)?,
+    )?;
+    print!("{md}");
+    Ok(passed)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use order_saga_tools::load::{sample_invalid_order, sample_order, InvalidKind, Rng};
+
+    fn behaviour(fail_rate: f64, retriable_rate: f64) -> Behaviour {
+        SimulateArgs {
+            fail_rate,
+            retriable_rate,
+            ..SimulateArgs::default()
+        }
+        .behaviour()
+        .unwrap()
+    }
+
+    fn order(seed: u64) -> OrderCreate {
+        OrderCreate::from(&sample_order(&mut Rng::new(seed), 1_000))
+    }
+
+    #[test]
+    fn an_order_whose_services_all_succeed_is_planned_completed_with_the_four_forward_commands() {
+        let o = order(1);
+        let p = plan(&o, &behaviour(0.0, 0.0), 3).unwrap();
+        assert_eq!(p.status, "COMPLETED");
+        let actions: Vec<Action> = p.commands.iter().map(|(_, a)| *a).collect();
+        assert_eq!(
+            actions,
+            [
+                Action::Reserve,
+                Action::Charge,
+                Action::Schedule,
+                Action::Send
+            ]
+        );
+        assert_eq!(p.commands[0].0, command_id(&o.order_id, Action::Reserve, 1));
+    }
+
+    #[test]
+    fn a_reservation_that_always_fails_for_good_is_planned_failed_after_one_attempt() {
+        let p = plan(&order(2), &behaviour(1.0, 0.0), 3).unwrap();
+        assert_eq!(p.status, "FAILED");
+        assert_eq!(p.commands.len(), 1);
+    }
+
+    #[test]
+    fn a_retriable_failure_is_planned_as_every_attempt_up_to_the_limit() {
+        let o = order(3);
+        let p = plan(&o, &behaviour(1.0, 1.0), 3).unwrap();
+        assert_eq!(p.status, "FAILED");
+        let ids: Vec<&str> = p.commands.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(
+            ids,
+            (1..=3)
+                .map(|n| command_id(&o.order_id, Action::Reserve, n))
+                .collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn an_invalid_order_is_planned_failed_with_no_command() {
+        for kind in InvalidKind::ALL {
+            let o = OrderCreate::from(&sample_invalid_order(&mut Rng::new(4), 1_000, kind));
+            let p = plan(&o, &behaviour(0.0, 0.0), 3).unwrap();
+            assert_eq!((p.status, p.commands.len()), ("FAILED", 0), "{kind:?}");
+        }
+    }
+
+    #[test]
+    fn a_simulator_that_drops_commands_makes_the_plan_unknowable() {
+        let b = SimulateArgs {
+            drop_rate: 1.0,
+            ..SimulateArgs::default()
+        }
+        .behaviour()
+        .unwrap();
+        assert!(plan(&order(5), &b, 3).is_err());
+    }
+
+    #[test]
+    fn a_log_line_time_is_read_as_epoch_milliseconds() {
+        let line = "2026-12-01T07:00:03.106276Z ERROR librdkafka: something";
+        assert_eq!(log_time_ms(line), Some(1_796_108_403_106));
+        assert_eq!(log_time_ms("not a log line"), None);
+    }
+
+    #[test]
+    fn a_describe_table_with_an_empty_last_column_is_read_by_header_name() {
+        let text = "CoordinatorId\tTransactionalId  \tProducerId\tProducerEpoch\tTransactionState\tTransactionTimeoutMs\tCurrentTransactionStartTimeMs\tTransactionDurationMs\tTopicPartitions\t\n\
+                    1            \tc1-0\t2000      \t2            \tOngoing         \t10000               \t1796109525364\t29496                \t               \t\n";
+        let rows = parse_table(text, "CoordinatorId");
+        assert_eq!(rows.len(), 1);
+        assert_eq!(rows[0]["TransactionState"], "Ongoing");
+        assert_eq!(rows[0]["TransactionTimeoutMs"], "10000");
+        assert_eq!(rows[0]["TransactionDurationMs"], "29496");
+    }
+
+    #[test]
+    fn a_processor_holds_its_last_assignment_until_a_revocation() {
+        let dir = std::env::temp_dir().join(format!("chaos-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join("p0-0.log");
+        std::fs::write(
+            &log,
+            "2026-12-01T07:00:00.000000Z  INFO order_saga::processor::rebalance: partitions assigned partitions={0, 1}\n\
+             2026-12-01T07:00:10.000000Z  INFO order_saga::processor::rebalance: partitions revoked partitions={0, 1}\n",
+        )
+        .unwrap();
+        let t = log_time_ms("2026-12-01T07:00:05.000000Z x").unwrap();
+        assert_eq!(assigned_before(&log, t), Some(BTreeSet::from([0, 1])));
+        assert_eq!(assigned_before(&log, t + 10_000), None);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
