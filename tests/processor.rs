@@ -455,6 +455,61 @@ async fn a_zombie_with_the_same_transactional_id_is_fenced_and_its_writes_never_
     assert_eq!(cmds.len(), orders.len() * 4);
 }
 
+/// A processor stopped past its session timeout (SIGSTOP) is replaced by one with the
+/// same instance id; woken, it must write nothing more and exit at once, not rejoin the
+/// group and contend for its transactional id or reuse the state it held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_zombie_woken_after_its_replacement_started_exits_at_once_and_writes_nothing() {
+    let mut s = setup(&[]).await;
+    let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| Reply::success());
+    let orders: Vec<_> = (0..60).map(order).collect();
+    let (first, second) = orders.split_at(30);
+    produce_orders(&s.producer, &s.config, &s.codec, first).await;
+    // The zombie must have been working: its first orders are done before it stops.
+    let states = wait_for_states(&s.config, &s.codec, &ids(first), WAIT, terminal).await;
+    assert_eq!(
+        states.len(),
+        first.len(),
+        "the first processor did not work"
+    );
+
+    s.processor.signal("STOP");
+    // Past the session timeout (10 s), the group has dropped the stopped member.
+    tokio::time::sleep(Duration::from_secs(12)).await;
+    let replacement = spawn(&s.config, "p0", &["run", "--no-sink"]);
+    produce_orders(&s.producer, &s.config, &s.codec, second).await;
+    let states = wait_for_states(&s.config, &s.codec, &ids(second), WAIT, terminal).await;
+    assert!(
+        statuses(&states, &ids(second))
+            .iter()
+            .all(|st| *st == Status::Completed),
+        "the replacement did not take over:\n{}",
+        replacement.log_text()
+    );
+
+    s.processor.signal("CONT");
+    let code = s.processor.wait_exit(Duration::from_secs(5));
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the zombie must exit with an error within 5 s of waking, got {code:?}:\n{}",
+        s.processor.log_text()
+    );
+    let log = s.processor.log_text();
+    assert!(
+        log.contains("out of its group") || log.contains("fenced"),
+        "the zombie says why it stopped:\n{log}"
+    );
+
+    let cmds = committed_commands(&s.config, &s.codec).await;
+    let unique: HashSet<&str> = cmds.iter().map(|c| c.command_id.as_str()).collect();
+    assert_eq!(unique.len(), cmds.len(), "a command was committed twice");
+    assert_eq!(cmds.len(), orders.len() * 4);
+    let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
+    assert!(statuses(&states, &ids(&orders))
+        .iter()
+        .all(|st| *st == Status::Completed));
+}
+
 /// One order far larger than any record the saga writes may be: it must not stop the
 /// partition (its status would exceed the broker's limit and fail every transaction).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -91,6 +91,13 @@ pub enum ProcessorError {
          transaction, and the restarted instance resumes from what committed)"
     )]
     Indeterminate { waited_ms: u64, reason: String },
+    #[error(
+        "this instance was out of its group (its session or poll interval ran out, e.g. \
+         while the process was stopped); another instance, possibly one with the same \
+         transactional id, may own its partitions now, so it exits for its supervisor to \
+         restart it rather than rejoin with what it held"
+    )]
+    OutOfGroup,
     #[error("kafka error that cannot be recovered from: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topics are not usable: {0}")]
@@ -184,6 +191,9 @@ enum StepError {
     /// sent. The input that caused it is dead-lettered.
     #[error("{0}")]
     OutputTooLarge(String),
+    /// The consumer learned it had been out of the group: see [`ProcessorError::OutOfGroup`].
+    #[error("out of the group")]
+    OutOfGroup,
 }
 
 impl StepError {
@@ -378,6 +388,10 @@ impl Loop {
                     self.log_counters("processor counters at failure");
                     return Err(ProcessorError::Indeterminate { waited_ms, reason });
                 }
+                Err(StepError::OutOfGroup) => {
+                    self.log_counters("processor counters at failure");
+                    return Err(ProcessorError::OutOfGroup);
+                }
                 // Only a record's own step produces it, and that step dead-letters it.
                 Err(StepError::OutputTooLarge(reason)) => {
                     warn!(reason = %reason, "aborting transaction");
@@ -520,6 +534,14 @@ impl Loop {
                     self.abort_only()?;
                 }
                 self.inputs.close_all();
+                // A zombie wakes here: it must write nothing more, and exit within
+                // moments rather than rejoin and contend for its transactional id.
+                if events
+                    .iter()
+                    .any(|e| matches!(e, RebalanceEvent::Revoked { lost: true, .. }))
+                {
+                    return Err(StepError::OutOfGroup);
+                }
                 self.apply_rebalance(events)?;
             }
             match polled {

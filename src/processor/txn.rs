@@ -160,6 +160,7 @@ impl Loop {
             Err(StepError::Indeterminate { waited_ms, reason }) => {
                 return Err(ProcessorError::Indeterminate { waited_ms, reason })
             }
+            Err(StepError::OutOfGroup) => return Err(ProcessorError::OutOfGroup),
             Err(e @ (StepError::Abort { .. } | StepError::OutputTooLarge(_))) => {
                 return Err(ProcessorError::Indeterminate {
                     waited_ms: self.ctx.config.transaction_timeout_ms,
@@ -204,6 +205,7 @@ impl Loop {
                 StepError::OutputTooLarge(r) => r.clone(),
                 StepError::Fatal(k) => k.to_string(),
                 StepError::Indeterminate { reason, .. } => reason.clone(),
+                StepError::OutOfGroup => "this instance was out of its group".into(),
             };
             warn!(reason = %why, "final commit failed; aborting it, the input will be processed again by its next owner");
             if self.abort_only().is_err() {
