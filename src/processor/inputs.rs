@@ -291,10 +291,24 @@ impl Inputs {
                     rewind.insert((lane.topic.clone(), *p), first.offset());
                 }
                 lane.buffer.clear();
-                lane.caught_up = false;
             }
         }
         rewind
+    }
+
+    /// Notes that the consumer was sought back on these partitions: they have records to
+    /// read again and will report their end anew. Only they: a lane that was caught up and
+    /// not sought reports no end again until a new record comes, so forgetting its end
+    /// would make its group wait `--max-task-idle-ms` for every record from then on.
+    pub fn rewound(&mut self, rewind: &Rewind) {
+        for (topic, partition) in rewind.keys() {
+            let Some(group) = self.groups.get_mut(partition) else {
+                continue;
+            };
+            if let Some(lane) = group.lanes.iter_mut().find(|l| &l.topic == topic) {
+                lane.caught_up = false;
+            }
+        }
     }
 }
 

@@ -175,6 +175,7 @@ impl Loop {
                 .and_modify(|o| *o = (*o).min(c.first))
                 .or_insert(c.first);
         }
+        self.inputs.rewound(&rewind);
         let assignment = self.consumer.assignment()?;
         for ((topic, partition), first) in rewind {
             if assignment.find_partition(&topic, partition).is_none() {
