@@ -74,7 +74,7 @@ pub fn read_committed_consumer(config: &Config, group: &str, client_id: &str) ->
         // at the end of a partition would dominate its latency. 10 ms costs a few more
         // fetch requests on an idle topic.
         .set("fetch.wait.max.ms", "10")
-        .set("session.timeout.ms", "10000")
+        .set("session.timeout.ms", SESSION_TIMEOUT_MS)
         .set("heartbeat.interval.ms", "1000")
         .set("max.poll.interval.ms", "300000");
     // Static membership concerns the processor's group only: its transactional id is
@@ -90,6 +90,19 @@ pub fn read_committed_consumer(config: &Config, group: &str, client_id: &str) ->
 
 /// Session timeout of a static member of the processor's group.
 pub const STATIC_SESSION_TIMEOUT_MS: &str = "30000";
+
+/// The session timeout of the processor's consumer, as [`read_committed_consumer`] sets it.
+pub fn processor_session_timeout(config: &Config) -> std::time::Duration {
+    let ms = if config.static_membership {
+        STATIC_SESSION_TIMEOUT_MS
+    } else {
+        SESSION_TIMEOUT_MS
+    };
+    std::time::Duration::from_millis(ms.parse().unwrap_or(10_000))
+}
+
+/// Session timeout of a dynamic member.
+const SESSION_TIMEOUT_MS: &str = "10000";
 
 /// A consumer with no group that reads assigned partitions (state restore, tests).
 pub fn assigned_reader(config: &Config, client_id: &str) -> ClientConfig {

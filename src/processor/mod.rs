@@ -30,6 +30,7 @@
 //! [`metrics`] (counters).
 
 pub mod dlq;
+pub mod freeze;
 pub mod housekeeping;
 pub mod inputs;
 pub mod metrics;
@@ -254,6 +255,8 @@ struct Loop {
     txn: Txn,
     lifecycle: Lifecycle,
     last_evict: Instant,
+    /// Set by the freeze watch when the whole process stood still past its session.
+    frozen: Option<freeze::Frozen>,
     /// Partitions of every input topic (they are checked to share one count).
     partitions: i32,
     /// How long the last commit took: how long the next batch may gather.
@@ -326,8 +329,13 @@ impl Loop {
         consumer.subscribe(&names[..inputs.len()])?;
         info!(transactional_id = %txn_id, partitions, inputs = ?&names[..inputs.len()], "processor started");
         let input_topics = topics.inputs();
+        let frozen = freeze::watch(
+            clients::processor_session_timeout(&ctx.config),
+            stop.clone(),
+        );
         Ok(Loop {
             inputs: Inputs::new(consumer.clone(), input_topics, ctx.config.max_task_idle()),
+            frozen,
             ctx,
             topics,
             consumer,
@@ -344,6 +352,15 @@ impl Loop {
             idle_rounds: 0,
             rerouted_topics: HashSet::new(),
         })
+    }
+
+    /// A process frozen past its session is out of its group, whatever librdkafka has
+    /// noticed yet: see [`freeze`].
+    fn check_frozen(&self) -> Result<(), StepError> {
+        match &self.frozen {
+            Some(f) if f.seen() => Err(StepError::OutOfGroup),
+            _ => Ok(()),
+        }
     }
 
     fn set_lifecycle(&mut self, next: Lifecycle) {
@@ -411,6 +428,7 @@ impl Loop {
     /// order until the input is drained, the batch is full or the interval is up, fire
     /// due deadlines, commit. Waits for input when there was nothing to do.
     fn step(&mut self) -> Result<(), StepError> {
+        self.check_frozen()?;
         self.serve_events()?;
         if !self.unrestored.is_empty() {
             self.restore_pending()?;
@@ -527,6 +545,16 @@ impl Loop {
                 .map(|r| r.map(|m| m.detach()));
             let events = self.consumer.context().take();
             if !events.is_empty() {
+                // A zombie wakes here: it must write nothing more, and exit within
+                // moments rather than rejoin and contend for its transactional id. It
+                // does not even abort: an abort after the broker timed its transaction
+                // out bumps the producer epoch, which would fence its replacement.
+                if events
+                    .iter()
+                    .any(|e| matches!(e, RebalanceEvent::Revoked { lost: true, .. }))
+                {
+                    return Err(StepError::OutOfGroup);
+                }
                 // The group generation changed under the open transaction: its offsets
                 // can no longer be committed, so abort it; every partition assigned
                 // again starts from its committed offset (range assignment is eager).
@@ -534,14 +562,6 @@ impl Loop {
                     self.abort_only()?;
                 }
                 self.inputs.close_all();
-                // A zombie wakes here: it must write nothing more, and exit within
-                // moments rather than rejoin and contend for its transactional id.
-                if events
-                    .iter()
-                    .any(|e| matches!(e, RebalanceEvent::Revoked { lost: true, .. }))
-                {
-                    return Err(StepError::OutOfGroup);
-                }
                 self.apply_rebalance(events)?;
             }
             match polled {

@@ -92,9 +92,13 @@ impl Loop {
         // A member that dropped out of the group (its session ran out while it was stopped)
         // has group metadata without a generation, which the broker does not check: its
         // offsets would commit although another member owns the partitions now. So no
-        // transaction commits across a rebalance or a lost assignment; it is aborted and
-        // the records are read again by whoever owns them.
-        if self.consumer.assignment_lost() || self.consumer.context().pending() {
+        // transaction commits across a lost assignment (the process exits) or a rebalance
+        // (it is aborted, and the records are read again by whoever owns them).
+        self.check_frozen()?;
+        if self.consumer.assignment_lost() {
+            return Err(StepError::OutOfGroup);
+        }
+        if self.consumer.context().pending() {
             return Err(StepError::abort(
                 "the assignment changed under the open transaction",
             ));
