@@ -350,9 +350,16 @@ start_nginx() {
     nginx -c "$NGINX_DIR/nginx.conf" -p "$NGINX_DIR" -g 'daemon off;'
 }
 
+# A few tries: a registry that has just started can drop a connection nginx hands it
+# (nginx then answers 502), which is not the secured path being down.
 secure_registry_answers() {
-  [[ $(curl -s -o /dev/null -m 3 -w '%{http_code}' --cacert "$TLS_DIR/ca.pem" \
-    -u "order:$(secret registry)" "$REGISTRY_URL/subjects" 2>/dev/null) == 200 ]]
+  local try
+  for try in 1 2 3 4 5; do
+    [[ $(curl -s -o /dev/null -m 3 -w '%{http_code}' --cacert "$TLS_DIR/ca.pem" \
+      -u "order:$(secret registry)" "$REGISTRY_URL/subjects" 2>/dev/null) == 200 ]] && return 0
+    ((try < 5)) && sleep 1
+  done
+  return 1
 }
 
 # Values are shell words: the file is meant for `set -a; . .stack/secure/env; set +a`, and
