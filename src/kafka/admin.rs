@@ -168,7 +168,9 @@ pub const STATE_TOPIC_CONFIG: [(&str, &str); 4] = [
 
 /// Creates `names` with `partitions` partitions each, leaving existing topics as they are.
 /// `order-status` and `order-early-events` are created compacted: they are the changelogs
-/// of the saga state.
+/// of the saga state. The replication factor is the cluster's own
+/// (`default.replication.factor`): 1 on the local stack, what the platform chose on a
+/// production cluster, where a fixed 1 would lose data with a single broker.
 pub async fn create_topics(
     config: &Config,
     names: &[&str],
@@ -178,7 +180,7 @@ pub async fn create_topics(
     let new: Vec<NewTopic> = names
         .iter()
         .map(|name| {
-            let t = NewTopic::new(name, partitions, TopicReplication::Fixed(1));
+            let t = NewTopic::new(name, partitions, TopicReplication::Fixed(-1));
             if *name == topics::ORDER_STATUS || name.ends_with(topics::ORDER_STATUS) {
                 // The sink's history table needs every version; compaction may drop old
                 // ones only after readers have had an hour to see them.
