@@ -497,3 +497,19 @@ pub async fn explain(config: &Config, args: &ExplainArgs) -> Result<bool, Comman
     let codec = codec(config)?;
     Ok(crate::explain::run(config, codec, args).await?)
 }
+
+/// Logs to stderr (results go to stdout), as text or JSON lines, filtered by `RUST_LOG`
+/// (default: info, and rdkafka's own warnings). Every binary of the workspace calls this.
+pub fn init_logging(format: crate::config::LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        crate::config::LogFormat::Text => builder.init(),
+        crate::config::LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
+}

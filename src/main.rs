@@ -12,7 +12,7 @@ use order_saga::cli::{
     self, CreateTopicsCommand, DatabaseCommand, ExplainCommand, HealthCommand, RegistryCommand,
     ReportCommand, RunCommand, SinkCommand, StatusCommand,
 };
-use order_saga::config::{Config, ConfigArgs, LogFormat};
+use order_saga::config::{Config, ConfigArgs};
 use order_saga::signals;
 
 #[derive(Parser)]
@@ -79,20 +79,6 @@ impl Command {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 /// `order-saga health`: the verdict on stdout, and 0 or 1.
 fn health(command: &HealthCommand) -> ExitCode {
     let (healthy, line) =
@@ -120,7 +106,7 @@ fn main() -> ExitCode {
         eprintln!("order-saga: {e}");
         return ExitCode::from(2);
     }
-    init_logging(config.log_format);
+    order_saga::cli::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -49,13 +49,23 @@ pub fn event_order_id(event: &Event) -> Option<&str> {
     }
 }
 
-/// The public status record of `state`, carrying the full saga state for restores.
-pub fn status_record(state: &OrderState) -> Result<OrderStatusRecord, CodecError> {
-    let saga_state = serde_json::to_string(state).map_err(|e| CodecError::Encode {
+/// The saga state as the JSON that both changelogs carry: serialized once per change and
+/// handed to [`encode_status_with`] and the processor's private `order-state` record.
+pub fn state_json(state: &OrderState) -> Result<String, CodecError> {
+    serde_json::to_string(state).map_err(|e| CodecError::Encode {
         topic: topics::ORDER_STATUS.to_string(),
         reason: e.to_string(),
-    })?;
-    Ok(OrderStatusRecord {
+    })
+}
+
+/// The public status record of `state`, carrying the full saga state for restores.
+pub fn status_record(state: &OrderState) -> Result<OrderStatusRecord, CodecError> {
+    Ok(status_record_with(state, state_json(state)?))
+}
+
+/// [`status_record`] with the state's JSON already made.
+fn status_record_with(state: &OrderState, saga_state: String) -> OrderStatusRecord {
+    OrderStatusRecord {
         order_id: state.order_id.clone(),
         status: state.status.into(),
         version: state.version,
@@ -68,13 +78,22 @@ pub fn status_record(state: &OrderState) -> Result<OrderStatusRecord, CodecError
         items: OrderStatusRecord::items_from(&state.items),
         shipping_address: Some((&state.shipping_address).into()),
         saga_state: Some(saga_state),
-    })
+    }
 }
 
 /// The `order-status` value of `state`.
 pub async fn encode_status(codec: &Codec, state: &OrderState) -> Result<Vec<u8>, CodecError> {
+    encode_status_with(codec, state, state_json(state)?).await
+}
+
+/// [`encode_status`] with the state's JSON (from [`state_json`]) already made.
+pub async fn encode_status_with(
+    codec: &Codec,
+    state: &OrderState,
+    saga_state: String,
+) -> Result<Vec<u8>, CodecError> {
     codec
-        .encode(topics::ORDER_STATUS, &status_record(state)?)
+        .encode(topics::ORDER_STATUS, &status_record_with(state, saga_state))
         .await
 }
 

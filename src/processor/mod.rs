@@ -582,19 +582,14 @@ impl Loop {
     fn apply_rebalance(&mut self, events: Vec<RebalanceEvent>) -> Result<(), StepError> {
         for event in events {
             match event {
-                RebalanceEvent::Revoked { parts, lost } => {
+                // A lost assignment never gets here: `serve_events` ends the loop on it,
+                // so a parked store is one nobody else can have owned meanwhile.
+                RebalanceEvent::Revoked { parts, .. } => {
                     self.unrestored.retain(|p| !parts.contains(p));
                     for p in parts {
-                        // A store is kept for a quick return only when nobody else can
-                        // have owned its partition meanwhile; a lost one is restored anew.
                         if let Some(store) = self.stores.remove(&p) {
-                            if !lost {
-                                self.parked.insert(p, store);
-                            }
+                            self.parked.insert(p, store);
                         }
-                    }
-                    if lost {
-                        self.parked.clear();
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {

@@ -318,8 +318,10 @@ impl Loop {
         commands: Vec<Command>,
     ) -> Result<(), StepError> {
         let status_topic = self.topics.name(topics::ORDER_STATUS);
-        let status = self.encode(convert::encode_status(&self.ctx.codec, &state))?;
-        let private = wire::encode_state(&state).map_err(encoding_failed)?;
+        // One serialization of the state for both changelogs.
+        let json = convert::state_json(&state).map_err(encoding_failed)?;
+        let private = wire::state_value(&json);
+        let status = self.encode(convert::encode_status_with(&self.ctx.codec, &state, json))?;
         let mut outputs = Vec::with_capacity(commands.len());
         for command in &commands {
             let topic = self.topics.name(topics::command_topic(command.action));

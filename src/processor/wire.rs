@@ -117,12 +117,16 @@ fn state_error(reason: String) -> WireError {
 
 /// The `order-state` value of an order's state.
 pub fn encode_state(state: &OrderState) -> Result<Vec<u8>, WireError> {
-    let mut out = vec![STATE_FORMAT, KIND_ORDER];
-    serde_json::to_writer(&mut out, state).map_err(|e| CodecError::Encode {
-        topic: topics::ORDER_STATE.to_string(),
-        reason: e.to_string(),
-    })?;
-    Ok(out)
+    Ok(state_value(&crate::contracts::convert::state_json(state)?))
+}
+
+/// The `order-state` value of a state whose JSON is already made (the status record
+/// carries the same JSON).
+pub fn state_value(json: &str) -> Vec<u8> {
+    let mut out = Vec::with_capacity(json.len() + 2);
+    out.extend_from_slice(&[STATE_FORMAT, KIND_ORDER]);
+    out.extend_from_slice(json.as_bytes());
+    out
 }
 
 /// The `order-state` value of a finished record.

@@ -7,7 +7,7 @@ use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 
 use order_saga::config::{
-    Config, ConfigArgs, InstanceArgs, KafkaArgs, LogArgs, LogFormat, RegistryArgs, StatsArgs,
+    Config, ConfigArgs, InstanceArgs, KafkaArgs, LogArgs, RegistryArgs, StatsArgs,
 };
 use order_saga::{cli, kafka, signals};
 use order_saga_tools::load::{self, LoadArgs};
@@ -71,20 +71,6 @@ impl Connection {
     }
 }
 
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rdkafka=warn"));
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().flatten_event(true).init(),
-    }
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let connection = match &cli.command {
@@ -98,7 +84,7 @@ fn main() -> ExitCode {
         eprintln!("order-saga-tools: {e}");
         return ExitCode::from(2);
     }
-    init_logging(config.log_format);
+    order_saga::cli::init_logging(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
