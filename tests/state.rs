@@ -1,5 +1,6 @@
 //! The processor's state on the real stack: finished orders are remembered after their
-//! state is evicted, and the memory survives a restart through the private changelog.
+//! state is evicted, the memory survives a restart through the private changelog, and a
+//! partition whose restore is held up holds up no other.
 
 mod common;
 
@@ -7,6 +8,8 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use order_saga::saga::{Action, Status};
+use rdkafka::config::ClientConfig;
+use rdkafka::producer::{BaseProducer, BaseRecord, Producer};
 
 const WAIT: Duration = Duration::from_secs(90);
 
@@ -120,4 +123,122 @@ async fn a_repeated_create_of_a_completed_and_evicted_order_issues_no_command_an
         .filter(|(_, key, _, _)| key.as_deref() == Some(id.as_str()))
         .count();
     assert_eq!(versions, 5, "five status records, one per version");
+}
+
+/// Writes `n` tombstones to partition `partition` of the processor's `order-state`
+/// changelog: a restore reads every one of them (they remove nothing), so they make that
+/// partition's restore slow without holding any state.
+fn bloat_changelog_partition(config: &order_saga::config::Config, partition: i32, n: usize) {
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("linger.ms", "50")
+        .set("batch.size", "1000000")
+        .set("compression.type", "lz4")
+        .set("queue.buffering.max.messages", "1000000")
+        .create()
+        .expect("producer");
+    let topic = config.topics().name(order_saga::topics::ORDER_STATE);
+    for i in 0..n {
+        let key = format!("gone-{i}");
+        let mut record = BaseRecord::<str, [u8]>::to(&topic)
+            .partition(partition)
+            .key(&key);
+        loop {
+            match producer.send(record) {
+                Ok(()) => break,
+                Err((_, back)) => {
+                    record = back;
+                    producer.poll(Duration::from_millis(10));
+                }
+            }
+        }
+    }
+    producer.flush(Duration::from_secs(120)).expect("flush");
+}
+
+/// When the processor logged the end of the restore that covered `partition` (its own
+/// line, or the summary of a restore of several), and the `seconds` it took.
+fn restore_of(log: &str, partition: i32) -> Option<(i64, f64)> {
+    let line = log.lines().find(|l| {
+        let restore = l.contains("partitions restored") || l.contains("state restored");
+        let set = l
+            .split("partitions={")
+            .nth(1)
+            .and_then(|rest| rest.split('}').next())
+            .unwrap_or("");
+        restore && set.split(", ").any(|p| p == partition.to_string())
+    })?;
+    let at = utc_millis(line.split_whitespace().next()?)?;
+    let seconds = line
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("seconds="))?
+        .parse()
+        .ok()?;
+    Some((at, seconds))
+}
+
+/// Milliseconds since the epoch of a log timestamp such as `2026-12-01T09:37:07.566994Z`.
+fn utc_millis(ts: &str) -> Option<i64> {
+    let num = |r: std::ops::Range<usize>| ts.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hh, mm, ss, ms) = (num(11..13)?, num(14..16)?, num(17..19)?, num(20..23)?);
+    // Days from 1970-01-01 to y-m-d in the proleptic Gregorian calendar.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    Some((((days * 24 + hh) * 60 + mm) * 60 + ss) * 1000 + ms)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_restore_of_one_partition_holds_up_no_other() {
+    let prefix = random_prefix();
+    let config = config(&prefix, &[]);
+    create_topics(&config).await;
+    let codec = codec();
+    let cfg = config.clone();
+    tokio::task::spawn_blocking(move || bloat_changelog_partition(&cfg, 0, 1_000_000))
+        .await
+        .expect("producer thread");
+    let orders: Vec<_> = (0..24).map(order).collect();
+    let on_slow = |o: &&order_saga::saga::OrderRequest| {
+        order_saga::kafka::partitioner::partition_for(o.order_id.as_bytes(), PARTITIONS) == 0
+    };
+    let (slow, free): (Vec<_>, Vec<_>) = orders.iter().partition(on_slow);
+    assert!(
+        !slow.is_empty() && !free.is_empty(),
+        "the orders must fall on the slow partition and on others ({} and {})",
+        slow.len(),
+        free.len()
+    );
+    // Waiting before the processor starts, so they can be processed at once.
+    produce_orders(&producer(&config), &config, &codec, &orders).await;
+
+    let processor = spawn(&config, "p0", &["run", "--no-sink"]);
+    let _downstream = Downstream::start(&config, codec.clone(), |_| Reply::success());
+    let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
+    let states = wait_for_states(&config, &codec, &ids, WAIT, terminal).await;
+    assert!(statuses(&states, &ids)
+        .iter()
+        .all(|s| *s == Status::Completed));
+
+    let (restored_at, seconds) = restore_of(&processor.log_text(), 0)
+        .expect("the processor logs the restore of partition 0");
+    // Guard: the restore was slow enough for the case to be exercised.
+    assert!(
+        seconds >= 0.5,
+        "the restore of partition 0 took only {seconds} s; the test needs a slower one"
+    );
+    let first_status = free
+        .iter()
+        .filter_map(|o| states[&o.order_id].1.status_times.first().map(|t| t.at))
+        .min()
+        .expect("status times of the free orders");
+    assert!(
+        first_status < restored_at,
+        "orders of partitions 1 and 2 waited for partition 0's restore ({seconds:.2} s): \
+         their first status at {first_status}, the restore ended at {restored_at}"
+    );
 }

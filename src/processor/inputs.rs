@@ -39,7 +39,7 @@ pub struct Wake {
 }
 
 impl Wake {
-    fn notify(&self) {
+    pub fn notify(&self) {
         let mut ready = match self.ready.lock() {
             Ok(g) => g,
             Err(p) => p.into_inner(),
@@ -135,6 +135,11 @@ impl Inputs {
 
     pub fn wake(&self) -> &Wake {
         &self.wake
+    }
+
+    /// A handle on the loop's wake-up, for work done on other threads.
+    pub fn waker(&self) -> Arc<Wake> {
+        self.wake.clone()
     }
 
     fn rank(&self, topic: &str) -> Option<usize> {

@@ -25,7 +25,8 @@
 //!
 //! Files: [`inputs`] (which record is next), [`step`] (one record or tick: decide and
 //! produce), [`dlq`] (dead letters), [`txn`] (begin, commit, abort and rewind),
-//! [`rebalance`] (assignment events), [`restore`] and [`store`] (state), [`wire`] (the
+//! [`rebalance`] (assignment events), [`restore`] and [`store`] (state; a restore runs on
+//! a thread of its own, [`restoring`]), [`wire`] (the
 //! processor's private records; public ones are converted in [`crate::contracts::convert`]),
 //! [`metrics`] (counters).
 
@@ -36,6 +37,7 @@ pub mod inputs;
 pub mod metrics;
 pub mod rebalance;
 pub mod restore;
+pub mod restoring;
 pub mod step;
 pub mod store;
 pub mod txn;
@@ -63,6 +65,7 @@ use crate::topics::{self, Topics};
 use inputs::{Inputs, Next};
 use metrics::Metrics;
 use rebalance::{RebalanceEvent, RebalanceTracker};
+use restoring::RestoreJob;
 use store::PartitionStore;
 use txn::Txn;
 
@@ -71,6 +74,9 @@ pub const MAX_BATCH: usize = 5_000;
 
 /// The shortest time a batch gathers records before it commits.
 const MIN_LINGER: Duration = Duration::from_millis(2);
+
+/// How many partitions are restored at once, each on a thread of its own.
+const RESTORE_THREADS: usize = 6;
 
 /// How often settled orders past their retention are evicted from memory.
 const EVICT_EVERY: Duration = Duration::from_secs(1);
@@ -157,11 +163,56 @@ pub async fn run(
         shutdown.await;
         flag.store(true, Ordering::SeqCst);
     });
-    let result = tokio::task::spawn_blocking(move || Loop::start(ctx, stop)?.run())
+    let result = tokio::task::spawn_blocking(move || Loop::start(Arc::new(ctx), stop)?.run())
         .await
         .map_err(|e| ProcessorError::Thread(e.to_string()))?;
     watcher.abort();
     result
+}
+
+/// The restores of one assignment, summed for one log line when the last one ends.
+#[derive(Default)]
+struct RestoreRound {
+    /// The assignment, or the first restore if the loop has just started.
+    started: Option<Instant>,
+    partitions: BTreeSet<i32>,
+    from_order_status: BTreeSet<i32>,
+    records: u64,
+    orders: usize,
+    held: usize,
+    finished: usize,
+}
+
+impl RestoreRound {
+    fn add(&mut self, r: &restore::Restored) {
+        let started = Instant::now()
+            .checked_sub(r.took)
+            .unwrap_or_else(Instant::now);
+        self.started = Some(self.started.map_or(started, |s| s.min(started)));
+        self.partitions.extend(r.stores.keys().copied());
+        self.from_order_status
+            .extend(r.from_order_status.iter().copied());
+        self.records += r.records;
+        self.orders += r.orders();
+        self.held += r.held();
+        self.finished += r.finished();
+    }
+
+    fn log(&mut self) {
+        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        info!(
+            partitions = ?self.partitions,
+            from_order_status = ?self.from_order_status,
+            records = self.records,
+            orders = self.orders,
+            held = self.held,
+            finished = self.finished,
+            seconds = secs,
+            records_per_s = if secs > 0.0 { self.records as f64 / secs } else { 0.0 },
+            "state restored"
+        );
+        *self = RestoreRound::default();
+    }
 }
 
 fn now_millis() -> Millis {
@@ -240,7 +291,7 @@ impl From<KafkaError> for StepError {
 }
 
 struct Loop {
-    ctx: Context,
+    ctx: Arc<Context>,
     topics: Topics,
     consumer: Arc<TxnConsumer>,
     producer: TxnProducer,
@@ -251,6 +302,13 @@ struct Loop {
     parked: BTreeMap<i32, PartitionStore>,
     /// Assigned partitions whose state is not restored yet; they stay paused until it is.
     unrestored: BTreeSet<i32>,
+    /// The restores under way, by partition.
+    restoring: BTreeMap<i32, RestoreJob>,
+    /// When a partition whose restore failed is tried again.
+    restore_retry: BTreeMap<i32, Instant>,
+    restore_backoff: Backoff,
+    /// Totals of the restores since the last assignment, logged when the last one ends.
+    restore_round: RestoreRound,
     inputs: Inputs,
     txn: Txn,
     lifecycle: Lifecycle,
@@ -270,7 +328,7 @@ struct Loop {
 impl Loop {
     /// Creates the clients and initialises transactions, retrying while Kafka is
     /// unreachable.
-    fn start(ctx: Context, stop: Arc<AtomicBool>) -> Result<Self, ProcessorError> {
+    fn start(ctx: Arc<Context>, stop: Arc<AtomicBool>) -> Result<Self, ProcessorError> {
         let topics = ctx.config.topics();
         let txn_id = ctx.config.transactional_id();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -344,6 +402,10 @@ impl Loop {
             stores: BTreeMap::new(),
             parked: BTreeMap::new(),
             unrestored: BTreeSet::new(),
+            restoring: BTreeMap::new(),
+            restore_retry: BTreeMap::new(),
+            restore_round: RestoreRound::default(),
+            restore_backoff: Backoff::new(Duration::from_millis(200), Duration::from_secs(10)),
             txn: Txn::default(),
             lifecycle: Lifecycle::Running,
             last_evict: Instant::now(),
@@ -580,6 +642,10 @@ impl Loop {
 
     /// Acts on assignment changes: parks revoked stores, restores new ones, resumes.
     fn apply_rebalance(&mut self, events: Vec<RebalanceEvent>) -> Result<(), StepError> {
+        // A restore read before the assignment changed may miss what another member
+        // committed meanwhile: start again from what is unrestored now.
+        self.restoring.clear();
+        self.restore_retry.clear();
         for event in events {
             match event {
                 // A lost assignment never gets here: `serve_events` ends the loop on it,
@@ -611,6 +677,8 @@ impl Loop {
                         }
                     }
                     self.unrestored = to_restore;
+                    self.restore_round = RestoreRound::default();
+                    self.resume_restored()?;
                     self.restore_pending()?;
                 }
                 RebalanceEvent::Failed(reason) => {
@@ -621,32 +689,74 @@ impl Loop {
         Ok(())
     }
 
-    /// Restores the partitions waiting for it, then opens and resumes every assigned
-    /// partition that has its state. On failure the partitions stay paused and the next
-    /// step tries again.
+    /// Takes in the stores of finished restores, starts restores of the partitions
+    /// waiting for one (each on a thread of its own, [`RESTORE_THREADS`] at a time), then
+    /// opens and resumes every assigned partition that has its state. A failed restore is
+    /// logged and tried again after a backoff; its partition stays paused meanwhile, and
+    /// the others go on.
     fn restore_pending(&mut self) -> Result<(), StepError> {
-        if !self.unrestored.is_empty() {
-            // KIP-447: a previous owner's transaction may still be open on these
-            // partitions. Asking for the committed offsets with read_committed makes the
-            // coordinator answer only once no offsets are pending (require-stable), so
-            // the changelogs read next already hold everything those offsets cover.
-            let mut inputs = TopicPartitionList::new();
-            for topic in self.topics.inputs() {
-                for p in &self.unrestored {
-                    inputs.add_partition(&topic, *p);
+        let ended: Vec<(i32, _)> = self
+            .restoring
+            .iter()
+            .filter_map(|(p, job)| job.poll().map(|outcome| (*p, outcome)))
+            .collect();
+        let mut changed = false;
+        for (p, outcome) in ended {
+            self.restoring.remove(&p);
+            match outcome {
+                Ok(restored) => {
+                    self.restore_backoff.reset();
+                    self.restore_round.add(&restored);
+                    for (p, store) in restored.stores {
+                        if self.unrestored.remove(&p) {
+                            Metrics::add(&self.ctx.metrics.restored_orders, store.len() as u64);
+                            self.stores.insert(p, store);
+                            changed = true;
+                        }
+                    }
+                }
+                Err(e) => {
+                    let delay = self.restore_backoff.next_delay();
+                    warn!(partition = p, error = %e, retry_in_ms = delay.as_millis() as u64, "state restore failed; the other partitions go on");
+                    self.restore_retry.insert(p, Instant::now() + delay);
                 }
             }
-            self.consumer
-                .committed_offsets(inputs, Duration::from_secs(60))
-                .map_err(|e| StepError::abort_by("committed offsets not stable yet", e))?;
-            let restored = restore::restore(&self.ctx, &self.topics, &self.unrestored, &self.stop)
-                .map_err(|e| StepError::abort_by("state restore failed", e))?;
-            for (p, store) in restored {
-                Metrics::add(&self.ctx.metrics.restored_orders, store.len() as u64);
-                self.unrestored.remove(&p);
-                self.stores.insert(p, store);
+        }
+        let now = Instant::now();
+        let waiting: Vec<i32> = self
+            .unrestored
+            .iter()
+            .copied()
+            .filter(|p| !self.restoring.contains_key(p))
+            .filter(|p| self.restore_retry.get(p).is_none_or(|at| now >= *at))
+            .collect();
+        for p in waiting {
+            if self.restoring.len() >= RESTORE_THREADS {
+                break;
+            }
+            self.restore_retry.remove(&p);
+            let job = RestoreJob::start(
+                self.ctx.clone(),
+                self.topics.clone(),
+                self.consumer.clone(),
+                BTreeSet::from([p]),
+                self.stop.clone(),
+                self.inputs.waker(),
+            )
+            .map_err(|e| StepError::abort_by("could not start a restore thread", e))?;
+            self.restoring.insert(p, job);
+        }
+        if changed {
+            self.resume_restored()?;
+            if self.unrestored.is_empty() {
+                self.restore_round.log();
             }
         }
+        Ok(())
+    }
+
+    /// Opens and resumes every assigned partition that has its state.
+    fn resume_restored(&mut self) -> Result<(), StepError> {
         let assignment = self.consumer.assignment()?;
         let mut ready = TopicPartitionList::new();
         for e in assignment.elements() {

@@ -15,9 +15,9 @@
 //! and everything restored is written to `order-state` by the next transactions,
 //! followed by the marker. See [`Fold`].
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use rdkafka::error::KafkaError;
 use rdkafka::message::{BorrowedMessage, Message};
@@ -41,6 +41,18 @@ pub enum RestoreError {
     Registry(String),
     #[error("shutdown requested during restore")]
     Interrupted,
+    #[error(
+        "no record of {topic} arrived for {waited_ms} ms while partitions {partitions:?} \
+         had not reached their end (a leader away, or the last stable offset held by a \
+         transaction the broker has not timed out)"
+    )]
+    Stalled {
+        topic: String,
+        partitions: Vec<i32>,
+        waited_ms: u64,
+    },
+    #[error("the restore thread ended without a result")]
+    Thread,
 }
 
 /// Reads `partitions` of `order-state` (or, for a partition without its complete
@@ -49,13 +61,16 @@ pub enum RestoreError {
 ///
 /// A changelog record that cannot be decoded is logged and skipped: it was written by
 /// us, and refusing to start would stop every order of the partition for the sake of
-/// one.
+/// one. `cancel` is asked between polls and ends the restore with
+/// [`RestoreError::Interrupted`]; a read that makes no progress for longer than a
+/// transaction could hold it up ends with [`RestoreError::Stalled`], so that a restore can
+/// never wait forever on a partition that does not answer.
 pub fn restore(
     ctx: &Context,
     topics: &Topics,
     partitions: &BTreeSet<i32>,
-    stop: &AtomicBool,
-) -> Result<BTreeMap<i32, PartitionStore>, RestoreError> {
+    cancel: &dyn Fn() -> bool,
+) -> Result<Restored, RestoreError> {
     let started = Instant::now();
     let mut fold = Fold::new(
         partitions.iter().copied(),
@@ -65,7 +80,7 @@ pub fn restore(
     );
 
     let state_topic = topics.name(topics::ORDER_STATE);
-    let mut records = read_to_end(ctx, &state_topic, partitions, stop, |p, msg| {
+    let mut records = read_to_end(ctx, &state_topic, partitions, cancel, |p, msg| {
         if let Err(e) = fold.state_record(p, msg.key(), msg.payload()) {
             warn!(partition = p, offset = msg.offset(), error = %e, "order-state record skipped");
         }
@@ -81,7 +96,7 @@ pub fn restore(
              next transactions write their state to order-state"
         );
         let status_topic = topics.name(topics::ORDER_STATUS);
-        records += read_to_end(ctx, &status_topic, &fallback, stop, |p, msg| {
+        records += read_to_end(ctx, &status_topic, &fallback, cancel, |p, msg| {
             let Some(payload) = msg.payload() else {
                 return Ok(());
             };
@@ -104,7 +119,7 @@ pub fn restore(
     }
 
     let early_topic = topics.name(topics::ORDER_EARLY_EVENTS);
-    records += read_to_end(ctx, &early_topic, partitions, stop, |p, msg| {
+    records += read_to_end(ctx, &early_topic, partitions, cancel, |p, msg| {
         if let Err(e) = fold.early_record(p, msg.key(), msg.payload()) {
             warn!(partition = p, offset = msg.offset(), error = %e, "held-events record skipped");
         }
@@ -112,24 +127,45 @@ pub fn restore(
     })?;
 
     let stores = fold.finish(ctx.policy.early_grace_ms);
-    let orders: usize = stores.values().map(|s| s.states().count()).sum();
-    let held: usize = stores.values().map(PartitionStore::early_count).sum();
-    let finished: usize = stores.values().map(PartitionStore::finished_len).sum();
     release_freed_memory();
     ctx.telemetry.on_restore(records, started.elapsed());
-    let secs = started.elapsed().as_secs_f64();
+    let restored = Restored {
+        stores,
+        records,
+        from_order_status: fallback,
+        took: started.elapsed(),
+    };
     info!(
         partitions = ?partitions,
-        from_order_status = ?fallback,
+        from_order_status = ?restored.from_order_status,
         records,
-        orders,
-        held,
-        finished,
-        seconds = secs,
-        records_per_s = if secs > 0.0 { records as f64 / secs } else { 0.0 },
-        "state restored"
+        orders = restored.orders(),
+        seconds = restored.took.as_secs_f64(),
+        "partitions restored"
     );
-    Ok(stores)
+    Ok(restored)
+}
+
+/// What a restore read and built.
+pub struct Restored {
+    pub stores: BTreeMap<i32, PartitionStore>,
+    /// Changelog records read.
+    pub records: u64,
+    /// Partitions restored from `order-status` (no complete marker in `order-state`).
+    pub from_order_status: BTreeSet<i32>,
+    pub took: Duration,
+}
+
+impl Restored {
+    pub fn orders(&self) -> usize {
+        self.stores.values().map(|s| s.states().count()).sum()
+    }
+    pub fn held(&self) -> usize {
+        self.stores.values().map(PartitionStore::early_count).sum()
+    }
+    pub fn finished(&self) -> usize {
+        self.stores.values().map(PartitionStore::finished_len).sum()
+    }
 }
 
 /// The entries of one partition while its changelogs are read.
@@ -318,27 +354,46 @@ impl Fold {
     }
 }
 
-/// Reads `partitions` of `topic` to their end, stopping early on shutdown.
+/// How long a restore may go without a record before it gives up and is tried again: a
+/// previous owner's open transaction holds the last stable offset until the broker aborts
+/// it at the transaction timeout, so that long plus a margin for a leader election.
+pub fn stall_limit(transaction_timeout_ms: u64) -> Duration {
+    Duration::from_millis(transaction_timeout_ms) + Duration::from_secs(30)
+}
+
+/// Reads `partitions` of `topic` to their end, stopping early when cancelled or stalled.
 fn read_to_end(
     ctx: &Context,
     topic: &str,
     partitions: &BTreeSet<i32>,
-    stop: &AtomicBool,
+    cancel: &dyn Fn() -> bool,
     mut each: impl FnMut(i32, &BorrowedMessage<'_>) -> Result<(), RestoreError>,
 ) -> Result<u64, RestoreError> {
+    let stall = stall_limit(ctx.config.transaction_timeout_ms);
+    let last_record = Cell::new(Instant::now());
     read::read_to_end(
         &ctx.config,
         &format!("{}-restore", ctx.config.transactional_id()),
         topic,
         partitions.iter().copied(),
         || {
-            if stop.load(Ordering::SeqCst) {
-                Err(RestoreError::Interrupted)
-            } else {
-                Ok(())
+            if cancel() {
+                return Err(RestoreError::Interrupted);
             }
+            let quiet = last_record.get().elapsed();
+            if quiet >= stall {
+                return Err(RestoreError::Stalled {
+                    topic: topic.to_string(),
+                    partitions: partitions.iter().copied().collect(),
+                    waited_ms: quiet.as_millis() as u64,
+                });
+            }
+            Ok(())
         },
-        |msg| each(msg.partition(), msg),
+        |msg| {
+            last_record.set(Instant::now());
+            each(msg.partition(), msg)
+        },
     )
 }
 
