@@ -135,6 +135,17 @@ pub struct ProcessorArgs {
     )]
     pub dedup_window_ms: u64,
 
+    /// How many orders one instance keeps in memory at most (in flight, or settled and
+    /// within their retention). At the limit, settled orders are evicted before their
+    /// retention; if orders in flight alone reach it, new creates and cancels wait in
+    /// Kafka until some finish (see the README, "Memory").
+    #[arg(
+        long,
+        env = "ORDER_SAGA_MAX_ORDERS_IN_MEMORY",
+        default_value_t = 500_000
+    )]
+    pub max_orders_in_memory: u64,
+
     /// Deadline of one downstream command, in milliseconds.
     #[arg(long, env = "ORDER_SAGA_STEP_TIMEOUT_MS", default_value_t = 30_000)]
     pub step_timeout_ms: u64,
@@ -276,6 +287,7 @@ impl ConfigArgs {
             transaction_timeout_ms: processor.transaction_timeout_ms,
             state_retention_ms: processor.state_retention_ms,
             dedup_window_ms: processor.dedup_window_ms,
+            max_orders_in_memory: processor.max_orders_in_memory,
             step_timeout_ms: processor.step_timeout_ms,
             max_attempts: processor.max_attempts,
             retry_backoff_ms: processor.retry_backoff_ms,
@@ -333,6 +345,7 @@ pub struct Config {
     pub transaction_timeout_ms: u64,
     pub state_retention_ms: u64,
     pub dedup_window_ms: u64,
+    pub max_orders_in_memory: u64,
     pub step_timeout_ms: u64,
     pub max_attempts: u32,
     pub retry_backoff_ms: u64,
@@ -481,6 +494,13 @@ impl Config {
             self.dedup_window_ms,
             1_000,
             365 * 86_400_000,
+        )?;
+        in_range(
+            "--max-orders-in-memory",
+            "ORDER_SAGA_MAX_ORDERS_IN_MEMORY",
+            self.max_orders_in_memory,
+            1,
+            100_000_000,
         )?;
         in_range(
             "--step-timeout-ms",
@@ -743,6 +763,19 @@ mod tests {
         .validate()
         .unwrap_err();
         assert_eq!(e.key, "--transaction-timeout-ms");
+    }
+
+    #[test]
+    fn a_memory_limit_of_no_orders_is_refused_naming_the_key() {
+        assert_eq!(parse(&[]).max_orders_in_memory, 500_000);
+        let e = parse(&["--max-orders-in-memory", "0"])
+            .validate()
+            .unwrap_err();
+        assert_eq!(e.key, "--max-orders-in-memory");
+        assert!(
+            e.to_string().contains("ORDER_SAGA_MAX_ORDERS_IN_MEMORY"),
+            "{e}"
+        );
     }
 
     #[test]

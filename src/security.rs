@@ -251,6 +251,7 @@ impl fmt::Debug for crate::config::Config {
             .field("transaction_timeout_ms", &self.transaction_timeout_ms)
             .field("state_retention_ms", &self.state_retention_ms)
             .field("dedup_window_ms", &self.dedup_window_ms)
+            .field("max_orders_in_memory", &self.max_orders_in_memory)
             .field("step_timeout_ms", &self.step_timeout_ms)
             .field("max_attempts", &self.max_attempts)
             .field("retry_backoff_ms", &self.retry_backoff_ms)

@@ -242,3 +242,68 @@ async fn a_slow_restore_of_one_partition_holds_up_no_other() {
          their first status at {first_status}, the restore ended at {restored_at}"
     );
 }
+
+/// How many of `ids` have a committed status.
+async fn with_status(
+    config: &order_saga::config::Config,
+    codec: &order_saga::contracts::Codec,
+    ids: &[String],
+) -> usize {
+    let states = committed_states(config, codec).await;
+    ids.iter().filter(|id| states.contains_key(*id)).count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn creates_wait_in_kafka_while_memory_is_full_and_all_complete_once_orders_finish() {
+    const LIMIT: usize = 10;
+    let prefix = random_prefix();
+    let config = config(&prefix, &["--max-orders-in-memory", "10"]);
+    create_topics(&config).await;
+    let codec = codec();
+    let processor = spawn(&config, "p0", &["run", "--no-sink"]);
+    // No downstream service answers yet: every order admitted stays in flight.
+    let orders: Vec<_> = (0..25).map(order).collect();
+    let ids: Vec<String> = orders.iter().map(|o| o.order_id.clone()).collect();
+    produce_orders(&producer(&config), &config, &codec, &orders).await;
+
+    let until = Instant::now() + WAIT;
+    while with_status(&config, &codec, &ids).await < LIMIT {
+        assert!(
+            Instant::now() < until,
+            "the first orders were never admitted"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    // Time for more to be admitted if the limit did not hold.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        with_status(&config, &codec, &ids).await,
+        LIMIT,
+        "exactly the limit of orders is admitted while none can finish"
+    );
+    assert!(
+        processor.log_text().contains("intake paused"),
+        "the pause is logged"
+    );
+
+    let downstream = Downstream::start(&config, codec.clone(), |_| Reply::success());
+    let states = wait_for_states(&config, &codec, &ids, WAIT, terminal).await;
+    assert!(
+        statuses(&states, &ids)
+            .iter()
+            .all(|s| *s == Status::Completed),
+        "every order completes once orders in flight can finish"
+    );
+    assert!(
+        processor.log_text().contains("intake resumed"),
+        "the resumption is logged"
+    );
+    let commands = committed_commands(&config, &codec).await;
+    let unique: std::collections::HashSet<_> = commands
+        .iter()
+        .map(|c| (c.order_id.clone(), c.action()))
+        .collect();
+    assert_eq!(commands.len(), 4 * ids.len(), "four commands an order");
+    assert_eq!(unique.len(), commands.len(), "no command twice");
+    drop(downstream);
+}

@@ -29,7 +29,13 @@ impl Loop {
     /// if there is something to write).
     pub(super) fn housekeeping(&mut self) -> Result<(), StepError> {
         let now = now_millis();
-        let older_than = now - self.ctx.config.state_retention_ms as Millis;
+        // Under memory pressure every settled order may go, oldest first: its finished
+        // record still answers a repeated create.
+        let older_than = if self.pressure {
+            now
+        } else {
+            now - self.ctx.config.state_retention_ms as Millis
+        };
         let window = self.ctx.config.dedup_window_ms as Millis;
         let state_topic = self.topics.name(topics::ORDER_STATE);
         // (partition, key, value): gathered first, as sending needs the loop mutably.

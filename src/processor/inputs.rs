@@ -86,6 +86,12 @@ struct Group {
     waiting_since: Option<Instant>,
 }
 
+/// Rank of the create lane: every input topic list starts with creates, then cancels.
+pub const CREATE_RANK: usize = 0;
+/// Lanes of rank below this (creates and cancels) are the intake, held back while memory
+/// is full: a cancel waits with the creates so that it is not read before its create.
+const INTAKE_RANKS: usize = 2;
+
 /// What [`Inputs::next`] found.
 pub enum Next {
     /// The next record of some group, and its input rank (0 = create).
@@ -113,6 +119,8 @@ pub struct Inputs {
     strays: Rewind,
     /// How often a group went on without a lane that might have had an earlier record.
     pub idle_timeouts: u64,
+    /// Creates and cancels are held back (their lanes paused and passed over).
+    intake_held: bool,
 }
 
 impl Inputs {
@@ -130,6 +138,7 @@ impl Inputs {
             cursor: 0,
             strays: Rewind::new(),
             idle_timeouts: 0,
+            intake_held: false,
         }
     }
 
@@ -181,6 +190,36 @@ impl Inputs {
         Ok(())
     }
 
+    /// Holds back (or lets in again) creates and cancels: their lanes are passed over by
+    /// [`Inputs::next`] and their partitions paused in the consumer, so nothing more of
+    /// them is fetched; results still flow, so orders in flight can finish.
+    pub fn hold_intake(&mut self, held: bool) -> Result<(), KafkaError> {
+        self.intake_held = held;
+        let mut tpl = rdkafka::TopicPartitionList::new();
+        for p in self.groups.keys() {
+            for topic in &self.topics[..INTAKE_RANKS.min(self.topics.len())] {
+                tpl.add_partition(topic, *p);
+            }
+        }
+        if tpl.count() == 0 {
+            return Ok(());
+        }
+        if held {
+            self.consumer.pause(&tpl)
+        } else {
+            self.consumer.resume(&tpl)
+        }
+    }
+
+    pub fn intake_held(&self) -> bool {
+        self.intake_held
+    }
+
+    /// Whether `topic` is one of the intake topics (creates, cancels).
+    pub fn is_intake(&self, topic: &str) -> bool {
+        self.rank(topic).is_some_and(|r| r < INTAKE_RANKS)
+    }
+
     /// Forgets every group (after a rebalance: the queues are no longer valid and the
     /// consumer restarts each assigned partition from its committed offset).
     pub fn close_all(&mut self) {
@@ -228,6 +267,7 @@ impl Inputs {
     /// The next record in event-time order of the next group that can go on.
     pub fn next(&mut self, now: Instant) -> Result<Next, KafkaError> {
         let mut wait: Option<Instant> = None;
+        let skip = if self.intake_held { INTAKE_RANKS } else { 0 };
         let parts: Vec<i32> = self
             .groups
             .range(self.cursor..)
@@ -240,7 +280,7 @@ impl Inputs {
             };
             let mut best: Option<((i64, usize), usize)> = None;
             let mut blocked = false;
-            for (rank, lane) in group.lanes.iter().enumerate() {
+            for (rank, lane) in group.lanes.iter().enumerate().skip(skip) {
                 match lane.head_key(rank) {
                     Some(key) => {
                         if best.is_none_or(|(b, _)| key < b) {

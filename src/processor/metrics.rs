@@ -35,6 +35,8 @@ pub struct Metrics {
     pub finished_creates: AtomicU64,
     /// Finished-order records forgotten at the end of the dedup window.
     pub expired_finished: AtomicU64,
+    /// Times creates and cancels were held back because memory was full.
+    pub intake_pauses: AtomicU64,
 }
 
 impl Metrics {
@@ -71,6 +73,7 @@ impl Metrics {
             rerouted = self.rerouted.load(Relaxed),
             finished_creates = self.finished_creates.load(Relaxed),
             expired_finished = self.expired_finished.load(Relaxed),
+            intake_pauses = self.intake_pauses.load(Relaxed),
             in_memory = %per_status,
             holding,
             "{what}"

@@ -323,6 +323,16 @@ struct Loop {
     idle_rounds: u32,
     /// Topics on which a record was re-routed to its key's partition (logged once each).
     rerouted_topics: HashSet<String>,
+    /// Orders in memory reached `--max-orders-in-memory`: settled orders are evicted
+    /// before their retention until they are back under nine tenths of it.
+    pressure: bool,
+    /// Since when creates and cancels are held back because memory is full.
+    intake_paused: Option<Instant>,
+    /// When a pause of the intake was last logged, and whether the current one was: a
+    /// loop that hovers at the limit would otherwise log a pause and a resumption per
+    /// transaction; a logged pause always gets its resumption logged.
+    intake_logged: Option<Instant>,
+    pause_logged: bool,
 }
 
 impl Loop {
@@ -413,6 +423,10 @@ impl Loop {
             last_commit: Duration::ZERO,
             idle_rounds: 0,
             rerouted_topics: HashSet::new(),
+            pressure: false,
+            intake_paused: None,
+            intake_logged: None,
+            pause_logged: false,
         })
     }
 
@@ -495,6 +509,8 @@ impl Loop {
         if !self.unrestored.is_empty() {
             self.restore_pending()?;
         }
+        let in_memory: usize = self.stores.values().map(PartitionStore::len).sum();
+        self.watch_memory(in_memory)?;
         self.inputs.fill()?;
         // Gather for about as long as the last commit took, within the commit interval:
         // a quiet system commits within milliseconds of a record's arrival, and a busy
@@ -507,12 +523,22 @@ impl Loop {
             .min(self.last_commit.max(MIN_LINGER));
         let started = Instant::now();
         let mut handled = 0usize;
+        let mut created = 0usize;
         let mut wait_until: Option<Instant> = None;
         loop {
             match self.inputs.next(Instant::now())? {
-                Next::Record(msg, _rank) => {
+                Next::Record(msg, rank) => {
                     self.handle(&msg)?;
                     handled += 1;
+                    // Counted per create, so the limit holds within a batch too.
+                    if rank == inputs::CREATE_RANK {
+                        created += 1;
+                        if self.intake_paused.is_none()
+                            && in_memory + created >= self.max_in_memory()
+                        {
+                            self.pause_intake(in_memory + created)?;
+                        }
+                    }
                     if handled >= MAX_BATCH || started.elapsed() >= interval {
                         break;
                     }
@@ -544,12 +570,12 @@ impl Loop {
         self.fire_deadlines()?;
         // Evictions write to the changelog, so they go in this transaction.
         // Entries left to write after an upgrade's restore go out in every transaction.
-        let housekeeping = self.last_evict.elapsed() >= EVICT_EVERY;
-        if housekeeping || self.stores.values().any(PartitionStore::has_unwritten) {
+        let tick = self.last_evict.elapsed() >= EVICT_EVERY;
+        if tick || self.pressure || self.stores.values().any(PartitionStore::has_unwritten) {
             self.housekeeping()?;
         }
         self.commit()?;
-        if housekeeping {
+        if tick {
             self.last_evict = Instant::now();
             // A walk over every order: once a second, not once a transaction.
             self.ctx
@@ -562,6 +588,75 @@ impl Loop {
             self.idle_rounds = 0;
         }
         Ok(())
+    }
+
+    fn max_in_memory(&self) -> usize {
+        usize::try_from(self.ctx.config.max_orders_in_memory).unwrap_or(usize::MAX)
+    }
+
+    /// Keeps the orders in memory under `--max-orders-in-memory`: at the limit, settled
+    /// orders are evicted before their retention (housekeeping under pressure) and
+    /// creates and cancels are held back; both end once the orders in memory are back
+    /// under nine tenths of the limit. Results keep flowing, so the orders in flight can
+    /// finish (or time out) and make room.
+    fn watch_memory(&mut self, in_memory: usize) -> Result<(), StepError> {
+        let max = self.max_in_memory();
+        let low = max - max / 10;
+        if !self.pressure && in_memory >= max {
+            info!(
+                orders_in_memory = in_memory,
+                max_orders_in_memory = max,
+                "orders in memory at the limit: settled orders are evicted before their retention"
+            );
+            self.pressure = true;
+        } else if self.pressure && in_memory <= low {
+            self.pressure = false;
+        }
+        match self.intake_paused {
+            Some(since) if in_memory <= low => {
+                self.inputs.hold_intake(false)?;
+                self.intake_paused = None;
+                if std::mem::take(&mut self.pause_logged) {
+                    info!(
+                        orders_in_memory = in_memory,
+                        paused_ms = since.elapsed().as_millis() as u64,
+                        "intake resumed"
+                    );
+                }
+            }
+            None if in_memory >= max => self.pause_intake(in_memory)?,
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn pause_intake(&mut self, in_memory: usize) -> Result<(), StepError> {
+        self.inputs.hold_intake(true)?;
+        self.intake_paused = Some(Instant::now());
+        self.pressure = true;
+        Metrics::add(&self.ctx.metrics.intake_pauses, 1);
+        self.pause_logged = self.intake_log_due();
+        if self.pause_logged {
+            warn!(
+                orders_in_memory = in_memory,
+                max_orders_in_memory = self.max_in_memory(),
+                pauses = self.ctx.metrics.intake_pauses.load(Ordering::Relaxed),
+                "intake paused: orders in memory reached --max-orders-in-memory; creates \
+                 and cancels wait in Kafka until orders in flight finish"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether a pause of the intake may be logged now (at most one every 10 s).
+    fn intake_log_due(&mut self) -> bool {
+        let due = self
+            .intake_logged
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
+        if due {
+            self.intake_logged = Some(Instant::now());
+        }
+        due
     }
 
     /// Sleeps until input arrives, a group may go on, a deadline falls due, or a short
@@ -766,6 +861,10 @@ impl Loop {
             }
             if !self.inputs.is_open(p) {
                 self.inputs.open(p)?;
+            }
+            // Held back intake stays paused (see `watch_memory`).
+            if self.intake_paused.is_some() && self.inputs.is_intake(e.topic()) {
+                continue;
             }
             ready.add_partition(e.topic(), p);
         }
