@@ -16,6 +16,8 @@ pub struct Proc {
     pub name: String,
     child: Child,
     pub log: LogTail,
+    /// Lines read after the one a wait returned: the next wait looks at them first.
+    unseen: std::collections::VecDeque<Value>,
 }
 
 impl Proc {
@@ -57,6 +59,7 @@ impl Proc {
             name: name.to_string(),
             child,
             log: LogTail::new(log_path),
+            unseen: std::collections::VecDeque::new(),
         })
     }
 
@@ -77,7 +80,9 @@ impl Proc {
         Ok(())
     }
 
-    /// Waits until a log line satisfies `pred`, returning it.
+    /// Waits until a log line satisfies `pred`, returning it. Lines after it that came in
+    /// the same read are kept for the next wait, so that two lines logged together can be
+    /// waited for one after the other.
     pub async fn wait_for_log(
         &mut self,
         what: &str,
@@ -86,8 +91,11 @@ impl Proc {
     ) -> anyhow::Result<Value> {
         let until = Instant::now() + timeout;
         loop {
-            if let Some(v) = self.log.poll().into_iter().find(|v| pred(v)) {
-                return Ok(v);
+            self.unseen.extend(self.log.poll());
+            while let Some(v) = self.unseen.pop_front() {
+                if pred(&v) {
+                    return Ok(v);
+                }
             }
             self.check_alive()?;
             if Instant::now() > until {
