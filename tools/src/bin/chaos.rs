@@ -97,6 +97,15 @@ struct VerifyArgs {
     /// Log of the zombie processor (the one stopped, replaced and resumed).
     #[arg(long)]
     zombie_log: Option<PathBuf>,
+    /// `DumpLogSegments --transaction-log-decoder` of `__transaction_state` on every
+    /// broker: the coordinators' record of every transactional id's epochs and states.
+    #[arg(long)]
+    txn_log: Option<PathBuf>,
+    /// `DumpLogSegments --deep-iteration` of the run's partitions and `__consumer_offsets`
+    /// on every broker, reduced to segment headers and control batches: the transaction
+    /// markers.
+    #[arg(long)]
+    markers: Option<PathBuf>,
 }
 
 fn main() -> ExitCode {
@@ -563,6 +572,607 @@ fn field_u64(line: &str, name: &str) -> Option<u64> {
         .ok()
 }
 
+// ------------------------------------------------------------------------------- fencing
+
+/// A producer generation: producer id, then epoch. The controller hands producer ids out
+/// in rising blocks and an epoch only grows, so the pair's order is the order in which
+/// generations began.
+type Generation = (i64, i32);
+
+fn generation(g: Generation) -> String {
+    format!("producer {} epoch {}", g.0, g.1)
+}
+
+/// The coordinator's transaction states, by the ids `__transaction_state` stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxnState {
+    Empty,
+    Ongoing,
+    PrepareCommit,
+    PrepareAbort,
+    CompleteCommit,
+    CompleteAbort,
+    Dead,
+    PrepareEpochFence,
+    Unknown(i64),
+}
+
+impl TxnState {
+    fn from_id(id: i64) -> Self {
+        match id {
+            0 => Self::Empty,
+            1 => Self::Ongoing,
+            2 => Self::PrepareCommit,
+            3 => Self::PrepareAbort,
+            4 => Self::CompleteCommit,
+            5 => Self::CompleteAbort,
+            6 => Self::Dead,
+            7 => Self::PrepareEpochFence,
+            other => Self::Unknown(other),
+        }
+    }
+}
+
+/// One state change of a transactional id as its coordinator appended it to
+/// `__transaction_state` (`DumpLogSegments --transaction-log-decoder`).
+#[derive(Debug, Clone, PartialEq)]
+struct TxnLogRecord {
+    /// The coordinator's append time, ms since the epoch.
+    t_ms: i64,
+    transactional_id: String,
+    generation: Generation,
+    state: TxnState,
+}
+
+/// A transaction marker (`DumpLogSegments --deep-iteration`): the control record a
+/// partition leader appends when a transaction of `generation` ends there. Its timestamp
+/// is the leader's clock when it wrote the marker, which is this machine's clock in a
+/// chaos run, comparable with the script's event times.
+#[derive(Debug, Clone, PartialEq)]
+struct Marker {
+    /// The `<topic>-<partition>` directory the segment was in.
+    partition: String,
+    offset: i64,
+    t_ms: i64,
+    generation: Generation,
+    commit: bool,
+}
+
+/// The `<topic>-<partition>` of a `Dumping <dir>/<topic>-<partition>/<segment>.log` line.
+fn dumped_partition(line: &str) -> Option<String> {
+    let path = line.strip_prefix("Dumping ")?;
+    Some(
+        Path::new(path.trim())
+            .parent()?
+            .file_name()?
+            .to_str()?
+            .to_owned(),
+    )
+}
+
+/// The token after `name` in a dump line of `name: value` pairs (`producerId:`).
+fn dump_field<'a>(line: &'a str, name: &str) -> Option<&'a str> {
+    let mut tokens = line.split_whitespace();
+    while let Some(t) = tokens.next() {
+        if t == name {
+            return tokens.next();
+        }
+    }
+    None
+}
+
+fn dump_number<T: std::str::FromStr>(line: &str, name: &str) -> Option<T> {
+    dump_field(line, name)?.parse().ok()
+}
+
+/// The coordinator records in a `--transaction-log-decoder` dump. Every broker's replica
+/// is dumped, so a record is kept once per partition and offset; tombstones and lines
+/// that are not records are skipped.
+fn parse_txn_log(text: &str) -> Vec<TxnLogRecord> {
+    let mut seen = BTreeSet::new();
+    let mut partition = String::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(p) = dumped_partition(line) {
+            partition = p;
+            continue;
+        }
+        if !line.starts_with("| offset:") {
+            continue;
+        }
+        let (Some(key_at), Some(payload_at)) = (line.find(" key: "), line.find(" payload: "))
+        else {
+            continue;
+        };
+        if payload_at < key_at {
+            continue;
+        }
+        let (Ok(key), Ok(payload)) = (
+            serde_json::from_str::<serde_json::Value>(&line[key_at + 6..payload_at]),
+            serde_json::from_str::<serde_json::Value>(&line[payload_at + 10..]),
+        ) else {
+            continue;
+        };
+        let data = &payload["data"];
+        let (Some(offset), Some(t_ms), Some(id), Some(pid), Some(epoch), Some(state)) = (
+            dump_number::<i64>(line, "offset:"),
+            dump_number::<i64>(line, "CreateTime:"),
+            key["data"]["transactionalId"].as_str(),
+            data["producerId"].as_i64(),
+            data["producerEpoch"].as_i64(),
+            data["transactionStatus"].as_i64(),
+        ) else {
+            continue;
+        };
+        if !seen.insert((partition.clone(), offset)) {
+            continue;
+        }
+        out.push(TxnLogRecord {
+            t_ms,
+            transactional_id: id.to_owned(),
+            generation: (pid, i32::try_from(epoch).unwrap_or(i32::MAX)),
+            state: TxnState::from_id(state),
+        });
+    }
+    out
+}
+
+/// The COMMIT and ABORT markers in a `--deep-iteration` dump (of which only the segment
+/// headers, control batches and their records need be kept), once per partition and
+/// offset.
+fn parse_markers(text: &str) -> Vec<Marker> {
+    let mut seen = BTreeSet::new();
+    let mut partition = String::new();
+    let mut batch: Option<Generation> = None;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if let Some(p) = dumped_partition(line) {
+            partition = p;
+            batch = None;
+            continue;
+        }
+        if line.starts_with("baseOffset:") {
+            batch = match (
+                dump_field(line, "isControl:"),
+                dump_number::<i64>(line, "producerId:"),
+                dump_number::<i32>(line, "producerEpoch:"),
+            ) {
+                (Some("true"), Some(pid), Some(epoch)) => Some((pid, epoch)),
+                _ => None,
+            };
+            continue;
+        }
+        let Some(generation) = batch.filter(|_| line.starts_with("| offset:")) else {
+            continue;
+        };
+        let commit = match dump_field(line, "endTxnMarker:") {
+            Some("COMMIT") => true,
+            Some("ABORT") => false,
+            _ => continue,
+        };
+        let (Some(offset), Some(t_ms)) = (
+            dump_number::<i64>(line, "offset:"),
+            dump_number::<i64>(line, "CreateTime:"),
+        ) else {
+            continue;
+        };
+        if seen.insert((partition.clone(), offset)) {
+            out.push(Marker {
+                partition: partition.clone(),
+                offset,
+                t_ms,
+                generation,
+                commit,
+            });
+        }
+    }
+    out
+}
+
+/// What the script did to the zombie and its replacement, ms since the epoch.
+#[derive(Debug, Clone, Copy)]
+struct ZombieTimes {
+    /// When the zombie process was started, if the events say.
+    started: Option<i64>,
+    stopped: i64,
+    replaced: i64,
+    resumed: i64,
+    /// When the zombie was gone: it exited, or the script killed it.
+    gone: Option<i64>,
+    /// When the replacement stopped running as started (killed, stalled or exited), if it
+    /// did before the end of the run.
+    replacement_end: Option<i64>,
+}
+
+/// The broker-side evidence about the zombie's transactional id.
+struct FencingEvidence<'a> {
+    /// The coordinator's records of that transactional id.
+    txn_log: &'a [TxnLogRecord],
+    /// Every marker read (of any producer).
+    markers: &'a [Marker],
+    /// The first line of the replacement's log that says it was fenced.
+    replacement_fenced: Option<&'a str>,
+    /// `kafka-transactions describe` of the id near the end of the run.
+    described: Option<Generation>,
+}
+
+#[derive(Debug, Default)]
+struct FencingVerdict {
+    zombie: Option<Generation>,
+    replacement: Option<Generation>,
+    /// Problems found; none means the zombie was fenced and the replacement was not.
+    problems: Vec<String>,
+    /// What the evidence showed, for the scorecard.
+    facts: Vec<String>,
+}
+
+/// Judges from the coordinator's log and the markers whether the zombie wrote nothing once
+/// it woke and whether its replacement kept the newest producer epoch while it ran.
+///
+/// The zombie's generation is the one in force when it was stopped; the replacement's is
+/// the first InitProducerId after it started. Anything below the replacement's (the
+/// zombie's own, or the epoch its coordinator used to abort the zombie's open
+/// transaction) must have no commit after SIGCONT. Above it, a generation that appeared
+/// while the replacement ran fenced it, unless it was the replacement's own bump (librdkafka
+/// bumps the epoch after some abortable errors): one that began after the zombie was gone
+/// and that the replacement then committed with.
+fn judge_fencing(t: &ZombieTimes, e: &FencingEvidence) -> FencingVerdict {
+    let mut v = FencingVerdict::default();
+    let mut log: Vec<&TxnLogRecord> = e.txn_log.iter().collect();
+    log.sort_by_key(|r| r.t_ms);
+    let pids: BTreeSet<i64> = log.iter().map(|r| r.generation.0).collect();
+    v.zombie = log
+        .iter()
+        .rev()
+        .find(|r| r.t_ms <= t.stopped)
+        .map(|r| r.generation);
+    v.replacement = log
+        .iter()
+        .find(|r| r.t_ms >= t.replaced && r.state == TxnState::Empty)
+        .map(|r| r.generation);
+    // A process stopped while it started up has no generation of its own yet: the one in
+    // force is its predecessor's, and the zombie initialises only once it wakes.
+    let own_init = log.iter().find(|r| {
+        r.state == TxnState::Empty && t.started.is_some_and(|s| r.t_ms >= s) && r.t_ms <= t.stopped
+    });
+    match v.zombie {
+        Some(z) => v.facts.push(match (own_init, t.started) {
+            (Some(init), Some(s)) => format!(
+                "zombie: {} (initialised {} ms after its start)",
+                generation(z),
+                init.t_ms - s
+            ),
+            (None, Some(s)) => format!(
+                "the zombie had not initialised transactions when it was stopped {} ms after its start; in force then: {}",
+                t.stopped - s,
+                generation(z)
+            ),
+            (_, None) => format!("in force when the zombie was stopped: {}", generation(z)),
+        }),
+        None => v.problems.push(
+            "the coordinator's log has no record of the transactional id before the zombie was stopped"
+                .into(),
+        ),
+    }
+    match (v.replacement, v.zombie) {
+        (Some(r), Some(z)) if r <= z => v.problems.push(format!(
+            "the replacement's {} is not above the zombie's {}",
+            generation(r),
+            generation(z)
+        )),
+        (Some(r), _) => {
+            let init = log
+                .iter()
+                .find(|x| x.generation == r && x.state == TxnState::Empty)
+                .map_or(0, |x| x.t_ms - t.replaced);
+            v.facts.push(format!(
+                "replacement: {} from {init} ms after its start",
+                generation(r)
+            ));
+        }
+        (None, _) => v.problems.push(
+            "no InitProducerId after the replacement started: it never got an epoch of its own"
+                .into(),
+        ),
+    }
+    let stale = |g: Generation| match (v.replacement, v.zombie) {
+        (Some(r), _) => g < r,
+        (None, Some(z)) => g <= z,
+        (None, None) => false,
+    };
+    let ours = |m: &&Marker| pids.contains(&m.generation.0);
+
+    if let Some(last) = e
+        .markers
+        .iter()
+        .filter(ours)
+        .filter(|m| m.commit && Some(m.generation) == v.zombie && m.t_ms <= t.resumed)
+        .map(|m| m.t_ms)
+        .max()
+    {
+        v.facts.push(format!(
+            "its last COMMIT marker {} ms {} SIGSTOP",
+            (last - t.stopped).abs(),
+            if last <= t.stopped { "before" } else { "after" }
+        ));
+    }
+    let late_prepares: Vec<&&TxnLogRecord> = log
+        .iter()
+        .filter(|r| r.t_ms > t.resumed && r.state == TxnState::PrepareCommit && stale(r.generation))
+        .collect();
+    if let Some(first) = late_prepares.first() {
+        v.problems.push(format!(
+            "the coordinator accepted {} commits of {} after SIGCONT, the first {} ms after it",
+            late_prepares.len(),
+            generation(first.generation),
+            first.t_ms - t.resumed
+        ));
+    }
+    let late_markers: Vec<&Marker> = e
+        .markers
+        .iter()
+        .filter(ours)
+        .filter(|m| m.commit && m.t_ms > t.resumed && stale(m.generation))
+        .collect();
+    if let Some(first) = late_markers.first() {
+        v.problems.push(format!(
+            "{} COMMIT markers of an epoch below the replacement's after SIGCONT, e.g. {}@{} of {}, {} ms after it",
+            late_markers.len(),
+            first.partition,
+            first.offset,
+            generation(first.generation),
+            first.t_ms - t.resumed
+        ));
+    }
+
+    if let Some(r) = v.replacement {
+        let end = t.replacement_end.unwrap_or(i64::MAX);
+        let running = |t_ms: i64| t_ms >= t.replaced && t_ms < end;
+        let mut own = Vec::new();
+        let mut newer: Vec<&TxnLogRecord> = Vec::new();
+        for rec in log.iter().filter(|x| running(x.t_ms) && x.generation > r) {
+            if newer.iter().all(|n| n.generation != rec.generation) {
+                newer.push(rec);
+            }
+        }
+        for first in newer {
+            let g = first.generation;
+            let after_zombie = t.gone.is_some_and(|gone| first.t_ms > gone);
+            let committed = log.iter().any(|x| {
+                x.generation == g && x.state == TxnState::PrepareCommit && running(x.t_ms)
+            });
+            if after_zombie && committed {
+                v.facts.push(format!(
+                    "the replacement bumped itself to {}",
+                    generation(g)
+                ));
+                own.push(g);
+            } else {
+                let by = match first.state {
+                    TxnState::Empty => "an InitProducerId".to_owned(),
+                    TxnState::PrepareAbort | TxnState::PrepareEpochFence => {
+                        "the coordinator aborting a transaction".to_owned()
+                    }
+                    other => format!("{other:?}"),
+                };
+                let woken = if first.t_ms >= t.resumed {
+                    format!(", {} ms after SIGCONT", first.t_ms - t.resumed)
+                } else {
+                    String::new()
+                };
+                v.problems.push(format!(
+                    "{} began by {by} {} ms after the replacement started{woken}, while it ran: the replacement was fenced",
+                    generation(g),
+                    first.t_ms - t.replaced,
+                ));
+            }
+        }
+        let foreign_markers = e
+            .markers
+            .iter()
+            .filter(ours)
+            .filter(|m| running(m.t_ms) && m.generation > r && !own.contains(&m.generation))
+            .count();
+        if foreign_markers > 0 {
+            v.problems.push(format!(
+                "{foreign_markers} markers of a generation above the replacement's while it ran"
+            ));
+        }
+        let latest = own.last().copied().unwrap_or(r);
+        match (t.replacement_end, e.described) {
+            (None, Some(d)) if d != latest => v.problems.push(format!(
+                "at the end the coordinator holds {}, not the replacement's {}",
+                generation(d),
+                generation(latest)
+            )),
+            (None, Some(_)) => v
+                .facts
+                .push("still the replacement's at the end (describe)".into()),
+            (None, None) => v.facts.push("no describe of the id at the end".into()),
+            (Some(end), _) => v.facts.push(format!(
+                "the newest for the {} ms the replacement ran",
+                end - t.replaced
+            )),
+        }
+    }
+    if let Some(line) = e.replacement_fenced {
+        v.problems.push(format!(
+            "the replacement's log says it was fenced: {}",
+            line.chars().take(200).collect::<String>()
+        ));
+    }
+    v.facts.push(format!(
+        "{} coordinator records and {} markers of the id read",
+        log.len(),
+        e.markers.iter().filter(ours).count()
+    ));
+    v
+}
+
+/// The run's process logs, beside the events file.
+fn logs_dir(events: &Path) -> PathBuf {
+    events
+        .parent()
+        .unwrap_or_else(|| Path::new("."))
+        .join("logs")
+}
+
+/// What the zombie's own log says: how far its `txn_committed` progress counter rose from
+/// before its replacement started to its last line, and the error it ended with.
+#[derive(Debug, PartialEq)]
+struct ZombieProgress {
+    commits_after: Option<u64>,
+    ended: Option<String>,
+}
+
+fn zombie_progress(log: &str, replaced: i64) -> ZombieProgress {
+    let mut before = None;
+    let mut after = None;
+    let mut ended = None;
+    for line in log.lines() {
+        let Some(t) = log_time_ms(line) else { continue };
+        if let Some(n) = field_u64(line, "txn_committed") {
+            if t < replaced {
+                before = Some(n);
+            } else {
+                after = Some(n);
+            }
+        }
+        if let Some(at) = line.find("order-saga failed error=") {
+            ended = Some(
+                line[at + "order-saga failed error=".len()..]
+                    .chars()
+                    .take(160)
+                    .collect(),
+            );
+        }
+    }
+    let commits_after = match (before, after) {
+        (Some(b), Some(a)) => Some(a.saturating_sub(b)),
+        (_, None) => Some(0),
+        (None, Some(a)) => Some(a),
+    };
+    ZombieProgress {
+        commits_after,
+        ended,
+    }
+}
+
+/// The zombie-fencing check from the broker side: pass or fail, and its detail; `None`
+/// when the run had no zombie that was resumed.
+fn zombie_fencing(
+    config: &Config,
+    args: &VerifyArgs,
+    events: &[Event],
+    logs: &Path,
+) -> anyhow::Result<Option<(bool, String)>> {
+    let find = |kind: &str| events.iter().position(|e| e.kind == kind);
+    let (Some(stop), Some(replacement), Some(cont)) = (
+        find("zombie_stop"),
+        find("zombie_replacement"),
+        find("zombie_cont"),
+    ) else {
+        return Ok(None);
+    };
+    let pid_of = |i: usize| {
+        events[i]
+            .rest
+            .get("pid")
+            .and_then(serde_json::Value::as_i64)
+    };
+    let slot = events[stop]
+        .rest
+        .get("slot")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default();
+    let transactional_id = format!("{}-{}", config.application_id, slot.trim_start_matches('p'));
+    let replacement_pid = pid_of(replacement);
+    // The replacement runs as started until the run kills, stalls or loses it.
+    let replacement_end = events[replacement + 1..]
+        .iter()
+        .find(|e| {
+            e.kind != "start"
+                && e.rest.get("pid").and_then(serde_json::Value::as_i64) == replacement_pid
+        })
+        .map(|e| e.t_ms);
+    let gone = events
+        .iter()
+        .find(|e| e.kind == "zombie_exit" || e.kind == "zombie_still_alive")
+        .map(|e| e.t_ms);
+    let zombie_pid = pid_of(stop);
+    let started = events[..stop]
+        .iter()
+        .rev()
+        .find(|e| {
+            e.kind == "start" && e.rest.get("pid").and_then(serde_json::Value::as_i64) == zombie_pid
+        })
+        .map(|e| e.t_ms);
+    let times = ZombieTimes {
+        started,
+        stopped: events[stop].t_ms,
+        replaced: events[replacement].t_ms,
+        resumed: events[cont].t_ms,
+        gone,
+        replacement_end,
+    };
+    let (Some(txn_log), Some(markers)) = (&args.txn_log, &args.markers) else {
+        return Ok(Some((
+            false,
+            "no broker-side evidence: --txn-log and --markers are needed".into(),
+        )));
+    };
+    let txn_log: Vec<TxnLogRecord> = parse_txn_log(&std::fs::read_to_string(txn_log)?)
+        .into_iter()
+        .filter(|r| r.transactional_id == transactional_id)
+        .collect();
+    let markers = parse_markers(&std::fs::read_to_string(markers)?);
+    let replacement_log = replacement_pid
+        .and_then(|pid| log_of(events, pid))
+        .and_then(|log| std::fs::read_to_string(logs.join(log)).ok())
+        .unwrap_or_default();
+    let replacement_fenced = replacement_log
+        .lines()
+        .find(|l| l.to_ascii_lowercase().contains("fenced"));
+    let described = match &args.transactions {
+        Some(path) => parse_table(&std::fs::read_to_string(path)?, "CoordinatorId")
+            .iter()
+            .filter(|r| r.get("TransactionalId") == Some(&transactional_id))
+            .find_map(|r| {
+                Some((
+                    r.get("ProducerId")?.parse().ok()?,
+                    r.get("ProducerEpoch")?.parse().ok()?,
+                ))
+            }),
+        None => None,
+    };
+    let verdict = judge_fencing(
+        &times,
+        &FencingEvidence {
+            txn_log: &txn_log,
+            markers: &markers,
+            replacement_fenced,
+            described,
+        },
+    );
+    let ended = match &args.zombie_log {
+        Some(log) => zombie_progress(&std::fs::read_to_string(log)?, times.replaced).ended,
+        None => None,
+    };
+    let mut detail = format!("{transactional_id}: ");
+    if verdict.problems.is_empty() {
+        detail.push_str("no commit of the zombie's epoch after SIGCONT, no epoch above the replacement's while it ran");
+    } else {
+        detail.push_str(&verdict.problems.join("; "));
+    }
+    let _ = write!(
+        detail,
+        ". {}; the zombie's last error: {}",
+        verdict.facts.join("; "),
+        ended.as_deref().unwrap_or("none logged")
+    );
+    Ok(Some((verdict.problems.is_empty(), detail)))
+}
+
 async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
     let started = std::time::Instant::now();
     let behaviour = args.sim.behaviour()?;
@@ -973,62 +1583,38 @@ async fn verify(config: &Config, args: &VerifyArgs) -> anyhow::Result<bool> {
         figures.insert("disruptions", json!(recoveries));
 
         let at = |kind: &str| events.iter().find(|e| e.kind == kind).map(|e| e.t_ms);
+        if let Some(fencing) = zombie_fencing(config, args, &events, &logs_dir(path))? {
+            let (passed, detail) = fencing;
+            check(
+                &mut checks,
+                "the zombie was fenced: no commit of its epoch after SIGCONT, and its replacement kept the newest epoch (coordinator log, transaction markers)",
+                passed,
+                detail,
+            );
+        }
         if let (Some(cont), Some(exit)) = (at("zombie_cont"), at("zombie_exit")) {
             let exit_ms = exit - cont;
-            let replaced = at("zombie_replacement").unwrap_or(cont);
-            let mut commits_after = None;
-            let mut fenced_logged = false;
-            let mut ended = String::from("unknown");
+            figures.insert("zombie_exit_ms", json!(exit_ms));
             if let Some(log) = &args.zombie_log {
-                let text = std::fs::read_to_string(log)?;
-                let mut before = None;
-                let mut after = None;
-                for line in text.lines() {
-                    let Some(t) = log_time_ms(line) else { continue };
-                    if let Some(n) = field_u64(line, "txn_committed") {
-                        if t < replaced {
-                            before = Some(n);
-                        } else {
-                            after = Some(n);
-                        }
-                    }
-                    if t >= cont && line.contains("fenced") {
-                        fenced_logged = true;
-                    }
-                    if let Some(at) = line.find("order-saga failed error=") {
-                        ended = line[at + "order-saga failed error=".len()..]
-                            .chars()
-                            .take(160)
-                            .collect();
-                    }
-                }
-                commits_after = match (before, after) {
-                    (Some(b), Some(a)) => Some(a.saturating_sub(b)),
-                    (_, None) => Some(0),
-                    (None, Some(a)) => Some(a),
-                };
+                let replaced = at("zombie_replacement").unwrap_or(cont);
+                let progress = zombie_progress(&std::fs::read_to_string(log)?, replaced);
+                // Informational only: a commit made just before SIGSTOP shows in the first
+                // progress line after SIGCONT, so this is no evidence either way.
+                figures.insert(
+                    "zombie_progress_commits_after_replacement",
+                    json!(progress.commits_after),
+                );
             }
             let code = events
                 .iter()
                 .find(|e| e.kind == "zombie_exit")
-                .and_then(|e| e.rest.get("code").cloned());
-            figures.insert("zombie_exit_ms", json!(exit_ms));
-            // Fenced means it wrote nothing once replaced and went away; whether the broker
-            // or its own deadline stopped it first is told, not judged.
-            check(
-                &mut checks,
-                "the zombie was fenced: no commit after its replacement started, and it exited",
-                commits_after == Some(0),
-                format!("exited {exit_ms} ms after SIGCONT (target 5000 ms) with code {}; commits after the replacement started: {}; \"fenced\" in its log: {fenced_logged}; its last error: {}",
-                    code.map(|c| c.to_string()).unwrap_or_else(|| "?".into()),
-                    commits_after.map(|c| c.to_string()).unwrap_or_else(|| "unknown (no log)".into()),
-                    ended.replace('|', "/")),
-            );
+                .and_then(|e| e.rest.get("code").cloned())
+                .map_or_else(|| "?".into(), |c| c.to_string());
             check(
                 &mut checks,
                 "the zombie exits within 5 s of SIGCONT",
                 exit_ms <= 5_000,
-                format!("{exit_ms} ms"),
+                format!("{exit_ms} ms, exit code {code}"),
             );
         } else if at("zombie_stop").is_some() {
             check(
@@ -1237,5 +1823,269 @@ mod tests {
         assert_eq!(assigned_before(&log, t), Some(BTreeSet::from([0, 1])));
         assert_eq!(assigned_before(&log, t + 10_000), None);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn record(t_ms: i64, epoch: i32, state: TxnState) -> TxnLogRecord {
+        TxnLogRecord {
+            t_ms,
+            transactional_id: "c1-0".into(),
+            generation: (2000, epoch),
+            state,
+        }
+    }
+
+    fn marker(t_ms: i64, epoch: i32, commit: bool) -> Marker {
+        Marker {
+            partition: "c1-order-status-0".into(),
+            offset: t_ms,
+            t_ms,
+            generation: (2000, epoch),
+            commit,
+        }
+    }
+
+    /// The seed-11 run: the zombie (epoch 1) committed 2 ms before SIGSTOP, the replacement
+    /// initialised epoch 2 after it started, and nothing of epoch 1 came after SIGCONT.
+    const TIMES: ZombieTimes = ZombieTimes {
+        started: Some(4_000),
+        stopped: 10_000,
+        replaced: 25_000,
+        resumed: 30_000,
+        gone: Some(30_200),
+        replacement_end: None,
+    };
+
+    fn zombie_then_replacement() -> (Vec<TxnLogRecord>, Vec<Marker>) {
+        use TxnState::*;
+        let log = vec![
+            record(1_000, 0, Empty),
+            record(5_000, 1, Empty),
+            record(9_900, 1, Ongoing),
+            record(9_990, 1, PrepareCommit),
+            record(10_050, 1, CompleteCommit),
+            record(26_000, 2, Empty),
+            record(27_000, 2, Ongoing),
+            record(27_100, 2, PrepareCommit),
+            record(27_150, 2, CompleteCommit),
+        ];
+        let markers = vec![
+            marker(9_998, 1, true),
+            marker(27_120, 2, true),
+            // Another producer's marker, which says nothing about this id.
+            Marker {
+                generation: (1000, 0),
+                ..marker(31_000, 0, true)
+            },
+        ];
+        (log, markers)
+    }
+
+    fn judge(
+        times: &ZombieTimes,
+        log: &[TxnLogRecord],
+        markers: &[Marker],
+        fenced: Option<&str>,
+        described: Option<Generation>,
+    ) -> FencingVerdict {
+        judge_fencing(
+            times,
+            &FencingEvidence {
+                txn_log: log,
+                markers,
+                replacement_fenced: fenced,
+                described,
+            },
+        )
+    }
+
+    #[test]
+    fn a_transaction_log_dump_is_read_once_per_partition_and_offset() {
+        let line = r#"| offset: 9 CreateTime: 1796114450979 keySize: 21 valueSize: 35 sequence: -1 headerKeys: [] key: {"type":"0","data":{"transactionalId":"c1-0"}} payload: {"version":"1","data":{"producerId":2000,"producerEpoch":1,"transactionTimeoutMs":10000,"transactionStatus":0,"transactionPartitions":null,"transactionLastUpdateTimestampMs":1796114450979,"transactionStartTimestampMs":-1}}"#;
+        let text = format!(
+            "Dumping /s/kafka/node-1/data/__transaction_state-7/00000000000000000000.log\n\
+             Log starting offset: 0\n{line}\n\
+             | offset: 10 CreateTime: 1796114450990 keySize: 21 valueSize: -1 sequence: -1 headerKeys: [] key: {{\"type\":\"0\",\"data\":{{\"transactionalId\":\"c1-0\"}}}} payload: <DELETE>\n\
+             Dumping /s/kafka/node-2/data/__transaction_state-7/00000000000000000000.log\n{line}\n"
+        );
+        assert_eq!(
+            parse_txn_log(&text),
+            [TxnLogRecord {
+                t_ms: 1_796_114_450_979,
+                transactional_id: "c1-0".into(),
+                generation: (2000, 1),
+                state: TxnState::Empty,
+            }]
+        );
+    }
+
+    #[test]
+    fn control_batches_of_a_deep_dump_become_markers_and_data_batches_do_not() {
+        let text = "Dumping /s/kafka/node-3/data/c1-order-status-0/00000000000000000000.log\n\
+            baseOffset: 0 lastOffset: 0 count: 1 baseSequence: 0 lastSequence: 0 producerId: 2000 producerEpoch: 0 partitionLeaderEpoch: 0 isTransactional: true isControl: false deleteHorizonMs: OptionalLong.empty position: 0 CreateTime: 1796114431764 size: 888 magic: 2 compresscodec: lz4 crc: 582123808 isvalid: true\n\
+            | offset: 0 CreateTime: 1796114431764 keySize: 36 valueSize: 800 sequence: 0 headerKeys: []\n\
+            baseOffset: 1 lastOffset: 1 count: 1 baseSequence: -1 lastSequence: -1 producerId: 2000 producerEpoch: 0 partitionLeaderEpoch: 0 isTransactional: true isControl: true deleteHorizonMs: OptionalLong.empty position: 888 CreateTime: 1796114433631 size: 78 magic: 2 compresscodec: none crc: 1953288113 isvalid: true\n\
+            | offset: 1 CreateTime: 1796114433631 keySize: 4 valueSize: 6 sequence: -1 headerKeys: [] endTxnMarker: COMMIT coordinatorEpoch: 0\n\
+            baseOffset: 7 lastOffset: 7 count: 1 baseSequence: -1 lastSequence: -1 producerId: 2000 producerEpoch: 2 partitionLeaderEpoch: 0 isTransactional: true isControl: true deleteHorizonMs: OptionalLong.empty position: 3419 CreateTime: 1796114453724 size: 78 magic: 2 compresscodec: none crc: 2602880225 isvalid: true\n\
+            | offset: 7 CreateTime: 1796114453724 keySize: 4 valueSize: 6 sequence: -1 headerKeys: [] endTxnMarker: ABORT coordinatorEpoch: 0\n";
+        assert_eq!(
+            parse_markers(text),
+            [
+                Marker {
+                    partition: "c1-order-status-0".into(),
+                    offset: 1,
+                    t_ms: 1_796_114_433_631,
+                    generation: (2000, 0),
+                    commit: true,
+                },
+                Marker {
+                    partition: "c1-order-status-0".into(),
+                    offset: 7,
+                    t_ms: 1_796_114_453_724,
+                    generation: (2000, 2),
+                    commit: false,
+                },
+            ]
+        );
+    }
+
+    #[test]
+    fn a_zombie_whose_last_commit_landed_just_before_sigstop_was_fenced() {
+        let (log, markers) = zombie_then_replacement();
+        let v = judge(&TIMES, &log, &markers, None, Some((2000, 2)));
+        assert_eq!(v.problems, Vec::<String>::new());
+        assert_eq!(
+            (v.zombie, v.replacement),
+            (Some((2000, 1)), Some((2000, 2)))
+        );
+    }
+
+    #[test]
+    fn a_commit_of_the_zombies_epoch_after_sigcont_fails() {
+        let (mut log, mut markers) = zombie_then_replacement();
+        log.push(record(30_100, 1, TxnState::PrepareCommit));
+        markers.push(marker(30_150, 1, true));
+        let v = judge(&TIMES, &log, &markers, None, Some((2000, 2)));
+        assert_eq!(v.problems.len(), 2, "{:?}", v.problems);
+        assert!(v.problems[0].contains("accepted 1 commits of producer 2000 epoch 1"));
+        assert!(v.problems[1].contains("1 COMMIT markers"));
+    }
+
+    #[test]
+    fn the_coordinators_abort_of_the_zombies_open_transaction_is_not_a_fence_of_the_replacement() {
+        use TxnState::*;
+        let (mut log, mut markers) = zombie_then_replacement();
+        // The zombie was stopped inside a transaction: the replacement's InitProducerId
+        // makes the coordinator abort it with a bumped epoch, then hands out the next one.
+        log.retain(|r| r.generation.1 < 2);
+        log.push(record(10_005, 1, Ongoing));
+        log.extend([
+            record(25_500, 2, PrepareAbort),
+            record(25_600, 2, CompleteAbort),
+            record(26_000, 3, Empty),
+            record(27_100, 3, PrepareCommit),
+        ]);
+        markers.retain(|m| m.generation.1 < 2);
+        markers.extend([marker(25_550, 2, false), marker(27_120, 3, true)]);
+        let v = judge(&TIMES, &log, &markers, None, Some((2000, 3)));
+        assert_eq!(v.problems, Vec::<String>::new());
+        assert_eq!(v.replacement, Some((2000, 3)));
+    }
+
+    #[test]
+    fn a_zombie_stopped_before_it_initialised_fences_its_replacement_when_it_wakes() {
+        use TxnState::*;
+        let (mut log, mut markers) = zombie_then_replacement();
+        // Stopped 1 s into its start, before its InitProducerId: epoch 1 is its
+        // predecessor's, and it initialises epoch 3 as soon as it wakes.
+        let times = ZombieTimes {
+            started: Some(9_000),
+            gone: None,
+            ..TIMES
+        };
+        log.push(record(30_005, 3, Empty));
+        markers.push(marker(30_150, 3, false));
+        let v = judge(&times, &log, &markers, None, Some((2000, 3)));
+        let all = v.problems.join(" | ");
+        assert!(
+            all.contains("producer 2000 epoch 3 began by an InitProducerId 5005 ms after the replacement started, 5 ms after SIGCONT"),
+            "{all}"
+        );
+        assert!(
+            all.contains("1 markers of a generation above the replacement's"),
+            "{all}"
+        );
+        assert!(
+            all.contains("the coordinator holds producer 2000 epoch 3"),
+            "{all}"
+        );
+        assert!(
+            v.facts[0].starts_with("the zombie had not initialised transactions when it was stopped 1000 ms after its start"),
+            "{:?}",
+            v.facts
+        );
+    }
+
+    #[test]
+    fn a_replacement_whose_log_says_it_was_fenced_fails_whatever_the_epochs_say() {
+        let (log, markers) = zombie_then_replacement();
+        let v = judge(
+            &TIMES,
+            &log,
+            &markers,
+            Some("ERROR order_saga: order-saga failed error=\"processor: fenced: another instance started\""),
+            Some((2000, 2)),
+        );
+        assert_eq!(v.problems.len(), 1, "{:?}", v.problems);
+        assert!(v.problems[0].starts_with("the replacement's log says it was fenced"));
+    }
+
+    #[test]
+    fn an_epoch_the_replacement_bumped_itself_to_and_committed_with_is_its_own() {
+        use TxnState::*;
+        let (mut log, mut markers) = zombie_then_replacement();
+        log.extend([record(40_000, 3, Empty), record(40_500, 3, PrepareCommit)]);
+        markers.push(marker(40_510, 3, true));
+        let v = judge(&TIMES, &log, &markers, None, Some((2000, 3)));
+        assert_eq!(v.problems, Vec::<String>::new());
+    }
+
+    #[test]
+    fn an_epoch_begun_after_the_replacement_was_killed_is_its_successors() {
+        use TxnState::*;
+        let (mut log, mut markers) = zombie_then_replacement();
+        log.extend([record(35_100, 3, Empty), record(35_500, 3, PrepareCommit)]);
+        markers.push(marker(35_510, 3, true));
+        let times = ZombieTimes {
+            replacement_end: Some(35_000),
+            ..TIMES
+        };
+        let v = judge(&times, &log, &markers, None, Some((2000, 3)));
+        assert_eq!(v.problems, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_replacement_that_never_initialised_fails_rather_than_passes_unseen() {
+        let (mut log, markers) = zombie_then_replacement();
+        log.retain(|r| r.generation.1 < 2);
+        let v = judge(&TIMES, &log, &markers, None, None);
+        assert!(
+            v.problems[0].contains("never got an epoch of its own"),
+            "{:?}",
+            v.problems
+        );
+    }
+
+    #[test]
+    fn the_zombies_progress_counter_counts_a_commit_logged_after_sigcont() {
+        let log = "2026-12-01T07:00:04.500000Z  INFO order_saga::processor::metrics: processor progress records_in=7242 txn_committed=119 txn_aborted=0\n\
+                   2026-12-01T07:00:26.100000Z  INFO order_saga::processor::metrics: processor counters at failure records_in=7352 txn_committed=120 txn_aborted=0\n\
+                   2026-12-01T07:00:26.200000Z ERROR order_saga: order-saga failed error=\"processor: this instance was out of its group\"\n";
+        let replaced = log_time_ms("2026-12-01T07:00:20.000000Z x").unwrap();
+        let p = zombie_progress(log, replaced);
+        assert_eq!(p.commits_after, Some(1));
+        assert_eq!(
+            p.ended.as_deref(),
+            Some("\"processor: this instance was out of its group\"")
+        );
     }
 }
