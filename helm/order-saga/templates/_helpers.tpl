@@ -69,6 +69,8 @@ margin covers leaving the group and the sink's last batch (10 s, in parallel).
   value: {{ .Values.config.stateRetentionMs | int64 | quote }}
 - name: ORDER_SAGA_DEDUP_WINDOW_MS
   value: {{ .Values.config.dedupWindowMs | int64 | quote }}
+- name: ORDER_SAGA_MAX_ORDERS_IN_MEMORY
+  value: {{ .Values.config.maxOrdersInMemory | int64 | quote }}
 - name: ORDER_SAGA_STEP_TIMEOUT_MS
   value: {{ .Values.config.stepTimeoutMs | int64 | quote }}
 - name: ORDER_SAGA_MAX_ATTEMPTS
