@@ -812,10 +812,11 @@ struct FencingVerdict {
 /// The zombie's generation is the one in force when it was stopped; the replacement's is
 /// the first InitProducerId after it started. Anything below the replacement's (the
 /// zombie's own, or the epoch its coordinator used to abort the zombie's open
-/// transaction) must have no commit after SIGCONT. Above it, a generation that appeared
-/// while the replacement ran fenced it, unless it was the replacement's own bump (librdkafka
-/// bumps the epoch after some abortable errors): one that began after the zombie was gone
-/// and that the replacement then committed with.
+/// transaction) must have no commit after SIGCONT. Above it, a generation that began
+/// while the replacement ran and the zombie was awake (from SIGCONT to its exit) fenced
+/// the replacement; one that began while the zombie was still stopped or already gone can
+/// only be the replacement's own (librdkafka bumps the epoch after some abortable errors,
+/// and the coordinator after a transaction of its timed out).
 fn judge_fencing(t: &ZombieTimes, e: &FencingEvidence) -> FencingVerdict {
     let mut v = FencingVerdict::default();
     let mut log: Vec<&TxnLogRecord> = e.txn_log.iter().collect();
@@ -925,10 +926,13 @@ fn judge_fencing(t: &ZombieTimes, e: &FencingEvidence) -> FencingVerdict {
         ));
     }
 
+    // Generations above the replacement's that the zombie could not have begun: the
+    // replacement's own (librdkafka bumps the epoch after some abortable errors, or the
+    // coordinator aborts a transaction of its that timed out).
+    let mut own = Vec::new();
     if let Some(r) = v.replacement {
         let end = t.replacement_end.unwrap_or(i64::MAX);
         let running = |t_ms: i64| t_ms >= t.replaced && t_ms < end;
-        let mut own = Vec::new();
         let mut newer: Vec<&TxnLogRecord> = Vec::new();
         for rec in log.iter().filter(|x| running(x.t_ms) && x.generation > r) {
             if newer.iter().all(|n| n.generation != rec.generation) {
@@ -937,34 +941,36 @@ fn judge_fencing(t: &ZombieTimes, e: &FencingEvidence) -> FencingVerdict {
         }
         for first in newer {
             let g = first.generation;
-            let after_zombie = t.gone.is_some_and(|gone| first.t_ms > gone);
-            let committed = log.iter().any(|x| {
-                x.generation == g && x.state == TxnState::PrepareCommit && running(x.t_ms)
-            });
-            if after_zombie && committed {
-                v.facts.push(format!(
-                    "the replacement bumped itself to {}",
-                    generation(g)
-                ));
-                own.push(g);
-            } else {
-                let by = match first.state {
-                    TxnState::Empty => "an InitProducerId".to_owned(),
-                    TxnState::PrepareAbort | TxnState::PrepareEpochFence => {
-                        "the coordinator aborting a transaction".to_owned()
-                    }
-                    other => format!("{other:?}"),
-                };
-                let woken = if first.t_ms >= t.resumed {
-                    format!(", {} ms after SIGCONT", first.t_ms - t.resumed)
-                } else {
-                    String::new()
-                };
+            let by = match first.state {
+                TxnState::Empty => "an InitProducerId".to_owned(),
+                TxnState::PrepareAbort | TxnState::PrepareEpochFence => {
+                    "the coordinator aborting a transaction".to_owned()
+                }
+                other => format!("{other:?}"),
+            };
+            // Only the replacement and the zombie hold the id while the replacement runs,
+            // and the zombie can act only between SIGCONT and its end.
+            let zombie_awake =
+                first.t_ms >= t.resumed && t.gone.is_none_or(|gone| first.t_ms <= gone);
+            if zombie_awake {
                 v.problems.push(format!(
-                    "{} began by {by} {} ms after the replacement started{woken}, while it ran: the replacement was fenced",
+                    "{} began by {by} {} ms after the replacement started, {} ms after SIGCONT, while the zombie was awake: the replacement was fenced",
                     generation(g),
                     first.t_ms - t.replaced,
+                    first.t_ms - t.resumed,
                 ));
+            } else {
+                v.facts.push(format!(
+                    "the replacement moved on to {} itself ({by} {} ms after it started, {})",
+                    generation(g),
+                    first.t_ms - t.replaced,
+                    if first.t_ms < t.resumed {
+                        "the zombie still stopped"
+                    } else {
+                        "the zombie gone"
+                    }
+                ));
+                own.push(g);
             }
         }
         let foreign_markers = e
@@ -990,16 +996,24 @@ fn judge_fencing(t: &ZombieTimes, e: &FencingEvidence) -> FencingVerdict {
                 .push("still the replacement's at the end (describe)".into()),
             (None, None) => v.facts.push("no describe of the id at the end".into()),
             (Some(end), _) => v.facts.push(format!(
-                "the newest for the {} ms the replacement ran",
+                "the replacement's for the {} ms it ran",
                 end - t.replaced
             )),
         }
     }
+    // A fence the replacement brought on itself (its transaction timed out after the
+    // zombie was gone) is not the zombie's doing; one with no newer generation of its own
+    // to explain it is.
     if let Some(line) = e.replacement_fenced {
-        v.problems.push(format!(
-            "the replacement's log says it was fenced: {}",
-            line.chars().take(200).collect::<String>()
-        ));
+        let line: String = line.chars().take(200).collect();
+        if own.is_empty() {
+            v.problems
+                .push(format!("the replacement's log says it was fenced: {line}"));
+        } else {
+            v.facts.push(format!(
+                "the replacement's log says it was fenced, after a generation of its own: {line}"
+            ));
+        }
     }
     v.facts.push(format!(
         "{} coordinator records and {} markers of the id read",
@@ -2026,7 +2040,7 @@ mod tests {
     }
 
     #[test]
-    fn a_replacement_whose_log_says_it_was_fenced_fails_whatever_the_epochs_say() {
+    fn a_replacement_whose_log_says_it_was_fenced_with_no_generation_of_its_own_fails() {
         let (log, markers) = zombie_then_replacement();
         let v = judge(
             &TIMES,
@@ -2040,12 +2054,62 @@ mod tests {
     }
 
     #[test]
-    fn an_epoch_the_replacement_bumped_itself_to_and_committed_with_is_its_own() {
+    fn an_epoch_that_begins_while_the_zombie_is_awake_fences_the_replacement() {
         use TxnState::*;
         let (mut log, mut markers) = zombie_then_replacement();
-        log.extend([record(40_000, 3, Empty), record(40_500, 3, PrepareCommit)]);
-        markers.push(marker(40_510, 3, true));
+        // Even committed with: in the zombie's waking moments the broker cannot tell who
+        // initialised it.
+        log.extend([record(30_100, 3, Empty), record(30_150, 3, PrepareCommit)]);
+        markers.push(marker(30_160, 3, true));
         let v = judge(&TIMES, &log, &markers, None, Some((2000, 3)));
+        assert!(
+            v.problems[0].contains("while the zombie was awake: the replacement was fenced"),
+            "{:?}",
+            v.problems
+        );
+    }
+
+    /// The seed-7 run: a broker bounce timed out the replacement's messages, librdkafka
+    /// bumped its epoch to abort, and the replacement left the group before it committed.
+    #[test]
+    fn an_epoch_that_begins_after_the_zombie_is_gone_is_the_replacements_own() {
+        let (mut log, mut markers) = zombie_then_replacement();
+        log.push(record(40_000, 3, TxnState::Empty));
+        markers.push(marker(40_010, 2, false));
+        let times = ZombieTimes {
+            replacement_end: Some(40_600),
+            ..TIMES
+        };
+        let v = judge(&times, &log, &markers, None, Some((2000, 4)));
+        assert_eq!(v.problems, Vec::<String>::new());
+        assert!(
+            v.facts
+                .iter()
+                .any(|f| f.starts_with("the replacement moved on to producer 2000 epoch 3 itself")),
+            "{:?}",
+            v.facts
+        );
+    }
+
+    #[test]
+    fn a_fence_the_replacement_brought_on_itself_after_the_zombie_was_gone_is_not_the_zombies() {
+        use TxnState::*;
+        let (mut log, mut markers) = zombie_then_replacement();
+        // Its transaction outlived the timeout during a broker outage: the coordinator
+        // aborted it with the next epoch, and the replacement's next call was fenced.
+        log.extend([record(45_000, 2, Ongoing), record(56_000, 3, PrepareAbort)]);
+        markers.push(marker(56_010, 3, false));
+        let times = ZombieTimes {
+            replacement_end: Some(56_500),
+            ..TIMES
+        };
+        let v = judge(
+            &times,
+            &log,
+            &markers,
+            Some("ERROR librdkafka: Fatal error: Local: This instance has been fenced by a newer instance"),
+            None,
+        );
         assert_eq!(v.problems, Vec::<String>::new());
     }
 
