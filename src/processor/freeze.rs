@@ -9,7 +9,7 @@
 //! before its next transactional call. A long step of the loop itself (a restore, a slow
 //! commit) is not a freeze: the watch thread keeps ticking through it.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -17,19 +17,45 @@ use std::time::{Duration, Instant};
 const TICK: Duration = Duration::from_millis(100);
 
 /// Set once a freeze longer than the limit was seen; never cleared.
-#[derive(Clone, Default)]
-pub struct Frozen(Arc<AtomicBool>);
+#[derive(Clone)]
+pub struct Frozen {
+    seen: Arc<AtomicBool>,
+    /// When the watch last ticked, in nanoseconds since `base`.
+    last_tick: Arc<AtomicU64>,
+    base: Instant,
+    limit: Duration,
+}
 
 impl Frozen {
+    fn new(limit: Duration) -> Self {
+        Frozen {
+            seen: Arc::default(),
+            last_tick: Arc::default(),
+            base: Instant::now(),
+            limit,
+        }
+    }
+
+    fn since_base(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.base).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether the process stood still past the limit. Also asks the clock itself: just
+    /// after waking, the caller's thread may run before the watch thread has ticked.
     pub fn seen(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
+        if self.seen.load(Ordering::SeqCst) {
+            return true;
+        }
+        let last = Duration::from_nanos(self.last_tick.load(Ordering::SeqCst));
+        let now = Instant::now().saturating_duration_since(self.base);
+        gap_exceeds(now.saturating_sub(last), self.limit)
     }
 }
 
 /// Starts the watch thread; it ends when `stop` is set. Returns `None` if the thread
 /// cannot be started (the processor then relies on librdkafka alone).
 pub fn watch(limit: Duration, stop: Arc<AtomicBool>) -> Option<Frozen> {
-    let frozen = Frozen::default();
+    let frozen = Frozen::new(limit);
     let flag = frozen.clone();
     thread::Builder::new()
         .name("freeze-watch".into())
@@ -44,8 +70,9 @@ pub fn watch(limit: Duration, stop: Arc<AtomicBool>) -> Option<Frozen> {
                         limit_ms = limit.as_millis() as u64,
                         "the process was frozen past its session timeout"
                     );
-                    flag.0.store(true, Ordering::SeqCst);
+                    flag.seen.store(true, Ordering::SeqCst);
                 }
+                flag.last_tick.store(flag.since_base(now), Ordering::SeqCst);
                 last = now;
             }
         })
@@ -61,6 +88,18 @@ fn gap_exceeds(gap: Duration, limit: Duration) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_freeze_is_seen_by_the_caller_even_before_the_watch_ticks() {
+        let frozen = Frozen::new(Duration::from_millis(50));
+        frozen
+            .last_tick
+            .store(frozen.since_base(Instant::now()), Ordering::SeqCst);
+        assert!(!frozen.seen());
+        // No tick for longer than the limit plus a tick, as after a SIGSTOP.
+        thread::sleep(Duration::from_millis(200));
+        assert!(frozen.seen());
+    }
 
     #[test]
     fn a_gap_counts_as_a_freeze_only_beyond_the_limit_plus_a_tick() {

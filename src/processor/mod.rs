@@ -105,6 +105,12 @@ pub enum ProcessorError {
          restart it rather than rejoin with what it held"
     )]
     OutOfGroup,
+    #[error(
+        "the process stood still for longer than its session timeout while it started; \
+         another instance with the same transactional id may have started meanwhile, so \
+         it exits for its supervisor to restart it rather than contend for the id"
+    )]
+    FrozenAtStart,
     #[error("kafka error that cannot be recovered from: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topics are not usable: {0}")]
@@ -342,6 +348,13 @@ impl Loop {
         let topics = ctx.config.topics();
         let txn_id = ctx.config.transactional_id();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+        // Watched from the first moment: a process frozen while it starts, and replaced
+        // meanwhile, must not go on to join the group with the transactional id.
+        let frozen = freeze::watch(
+            clients::processor_session_timeout(&ctx.config),
+            stop.clone(),
+        );
+        let frozen_at_start = || frozen.as_ref().is_some_and(freeze::Frozen::seen);
         // Co-partitioning is a precondition of the join: refuse to start on topics that
         // break it, rather than silently mis-joining.
         let inputs = topics.inputs();
@@ -368,6 +381,9 @@ impl Loop {
                 Err(e) => return Err(e.into()),
             }
         };
+        if frozen_at_start() {
+            return Err(ProcessorError::FrozenAtStart);
+        }
         let producer: TxnProducer = clients::transactional_producer(&ctx.config).create()?;
         backoff.reset();
         loop {
@@ -384,6 +400,12 @@ impl Loop {
                 },
             }
         }
+        // librdkafka finishes an InitProducerId begun before a freeze on its own threads
+        // as soon as the process wakes, so a replacement that started meanwhile may be
+        // fenced already: this one must at least not join the group as well.
+        if frozen_at_start() {
+            return Err(ProcessorError::FrozenAtStart);
+        }
         let mut consumer_cfg = clients::read_committed_consumer(
             &ctx.config,
             &ctx.config.application_id,
@@ -394,13 +416,12 @@ impl Loop {
         consumer_cfg.set("enable.partition.eof", "true");
         let consumer: Arc<TxnConsumer> =
             Arc::new(consumer_cfg.create_with_context(RebalanceTracker::default())?);
+        if frozen_at_start() {
+            return Err(ProcessorError::FrozenAtStart);
+        }
         consumer.subscribe(&names[..inputs.len()])?;
         info!(transactional_id = %txn_id, partitions, inputs = ?&names[..inputs.len()], "processor started");
         let input_topics = topics.inputs();
-        let frozen = freeze::watch(
-            clients::processor_session_timeout(&ctx.config),
-            stop.clone(),
-        );
         Ok(Loop {
             inputs: Inputs::new(consumer.clone(), input_topics, ctx.config.max_task_idle()),
             frozen,
