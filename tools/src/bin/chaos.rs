@@ -528,6 +528,20 @@ fn log_time_ms(line: &str) -> Option<i64> {
 }
 
 /// The log file of the process `pid`, from the script's `start` events.
+/// The first line of the replacement's log that says it was fenced while it still ran
+/// as started: a fence after the script stalled or killed it (a stall past the
+/// transaction timeout makes the coordinator abort and bump the epoch) is the script's
+/// doing, not the zombie's.
+fn replacement_fenced_line(log: &str, replacement_end: Option<i64>) -> Option<&str> {
+    log.lines().find(|l| {
+        l.to_ascii_lowercase().contains("fenced")
+            && match (replacement_end, log_time_ms(l)) {
+                (Some(end), Some(at)) => at < end,
+                _ => true,
+            }
+    })
+}
+
 fn log_of(events: &[Event], pid: i64) -> Option<String> {
     let e = events
         .iter()
@@ -1144,9 +1158,7 @@ fn zombie_fencing(
         .and_then(|pid| log_of(events, pid))
         .and_then(|log| std::fs::read_to_string(logs.join(log)).ok())
         .unwrap_or_default();
-    let replacement_fenced = replacement_log
-        .lines()
-        .find(|l| l.to_ascii_lowercase().contains("fenced"));
+    let replacement_fenced = replacement_fenced_line(&replacement_log, replacement_end);
     let described = match &args.transactions {
         Some(path) => parse_table(&std::fs::read_to_string(path)?, "CoordinatorId")
             .iter()
@@ -2037,6 +2049,17 @@ mod tests {
             "{:?}",
             v.facts
         );
+    }
+
+    #[test]
+    fn a_fence_the_replacement_logs_after_the_script_stalled_it_is_not_the_zombies() {
+        let log = "2026-12-01T11:07:17.647916Z  INFO order_saga::processor: processor started\n\
+                   2026-12-01T11:07:37.952743Z ERROR librdkafka: TXNERR: This instance has been fenced by a newer instance\n";
+        let stalled_at = log_time_ms("2026-12-01T11:07:22.700000Z x").expect("time");
+        assert_eq!(replacement_fenced_line(log, Some(stalled_at)), None);
+        assert!(replacement_fenced_line(log, None).is_some());
+        let later = log_time_ms("2026-12-01T11:07:40.000000Z x").expect("time");
+        assert!(replacement_fenced_line(log, Some(later)).is_some());
     }
 
     #[test]

@@ -37,6 +37,11 @@ pub enum Phase {
 
 #[derive(Debug, Clone, Args)]
 pub struct BenchArgs {
+    /// Process ids of the brokers, comma-separated, for their CPU per 1,000 orders
+    /// (`scripts/bench` passes the local stack's); none: not reported.
+    #[arg(long, env = "BENCH_BROKER_PIDS", value_delimiter = ',')]
+    pub broker_pids: Vec<u32>,
+
     /// Orders of the saturated run (the copier copies the records of as many orders).
     #[arg(long, env = "BENCH_ORDERS", default_value_t = 2_000)]
     pub orders: u64,

@@ -49,6 +49,17 @@ pub fn read(pid: u32, t: f64) -> Option<Sample> {
     })
 }
 
+/// User + system CPU seconds of `pids` together so far; `None` if any is gone or none is
+/// given.
+pub fn cpu_s_of(pids: &[u32]) -> Option<f64> {
+    if pids.is_empty() {
+        return None;
+    }
+    pids.iter()
+        .map(|pid| read(*pid, 0.0).map(|s| s.cpu_s))
+        .sum()
+}
+
 /// Samples one process every `every` on a thread of its own until stopped.
 pub struct Sampler {
     pub pid: u32,

@@ -225,6 +225,10 @@ impl Results {
                 format!("{:.0}", sat.steady_orders_per_s),
             );
             row(
+                "processor, saturated: pipeline fill (time to the 10th percentile of completions)",
+                format!("{} of the window", pct(s.pipeline_fill_share)),
+            );
+            row(
                 "processor, saturated: records/s in + out",
                 format!(
                     "{:.0} ({} records, {})",
@@ -278,6 +282,13 @@ impl Results {
             row(
                 "simulated services CPU per 1,000 orders",
                 format!("{:.2} s", s.simulator_cpu_s_per_1000_orders),
+            );
+            row(
+                "broker CPU per 1,000 orders",
+                match s.broker_cpu_s_per_1000_orders {
+                    Some(v) => format!("{v:.2} s"),
+                    None => "not measured (no --broker-pids)".into(),
+                },
             );
             row(
                 "processor CPU per 1,000 orders",

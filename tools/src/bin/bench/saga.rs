@@ -146,6 +146,11 @@ pub struct SagaResult {
     pub transactions: u64,
     /// The simulated services' CPU per 1,000 orders (they share the machine).
     pub simulator_cpu_s_per_1000_orders: f64,
+    /// The brokers' CPU per 1,000 orders, when their pids were given.
+    pub broker_cpu_s_per_1000_orders: Option<f64>,
+    /// Share of the saturated window spent before the 10th percentile of completions:
+    /// the pipeline filling up rather than running at its steady rate.
+    pub pipeline_fill_share: f64,
     /// Share of the machine's CPU (all cores) busy during the saturated phase.
     pub machine_busy_share: Option<f64>,
     pub peak_rss_mib: f64,
@@ -319,6 +324,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     println!("[saga] saturated: {n} orders as fast as possible");
     let cpu0 = sampler.now();
     let sim0 = sim_sampler.now();
+    let broker0 = procfs::cpu_s_of(&args.broker_pids);
     let machine0 = procfs::machine_cpu();
     let t0_s = now_millis() as f64 / 1000.0;
     let (first_ms, produced_rate) = produce(
@@ -334,6 +340,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         .await?;
     let cpu1 = sampler.now();
     let sim1 = sim_sampler.now();
+    let broker1 = procfs::cpu_s_of(&args.broker_pids);
     let machine1 = procfs::machine_cpu();
     let end_s = now_millis() as f64 / 1000.0;
     let mut result = SagaResult {
@@ -353,6 +360,9 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     }
     if let (Some(a), Some(b)) = (sim0, sim1) {
         result.simulator_cpu_s_per_1000_orders = (b.cpu_s - a.cpu_s) / done.max(1) as f64 * 1000.0;
+    }
+    if let (Some(a), Some(b)) = (broker0, broker1) {
+        result.broker_cpu_s_per_1000_orders = Some((b - a) / done.max(1) as f64 * 1000.0);
     }
     // The processor's counters: the last progress line before the phase, and one that
     // shows the phase's input records all read.
@@ -386,6 +396,7 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
         1.0,
     );
     result.saturated.steady_orders_per_s = steady_rate(&tracker, SATURATED);
+    result.pipeline_fill_share = fill_share(&tracker, SATURATED, first_ms);
     let sat_seconds = {
         let g = tracker.lock();
         let last = g
@@ -497,6 +508,25 @@ fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
         (b - a) as f64 / span
     } else {
         0.0
+    }
+}
+
+/// Share of the window from the first create to the last completion that passed before
+/// the 10th percentile of completions.
+fn fill_share(tracker: &Tracker, phase: usize, first_ms: Millis) -> f64 {
+    let mut ts: Vec<Millis> = tracker
+        .lock()
+        .completions
+        .iter()
+        .filter(|(p, _)| *p == phase)
+        .map(|(_, t)| *t)
+        .collect();
+    ts.sort_unstable();
+    match (ts.get(ts.len() / 10), ts.last()) {
+        (Some(p10), Some(last)) if *last > first_ms => {
+            (p10 - first_ms) as f64 / (last - first_ms) as f64
+        }
+        _ => 0.0,
     }
 }
 
