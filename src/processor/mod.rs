@@ -26,7 +26,8 @@
 //! Files: [`inputs`] (which record is next), [`step`] (one record or tick: decide and
 //! produce), [`dlq`] (dead letters), [`txn`] (begin, commit, abort and rewind),
 //! [`rebalance`] (assignment events), [`restore`] and [`store`] (state; a restore runs on
-//! a thread of its own, [`restoring`]), [`wire`] (the
+//! a thread of its own, [`restoring`]), [`memory`] (the bound on orders in memory),
+//! [`wire`] (the
 //! processor's private records; public ones are converted in [`crate::contracts::convert`]),
 //! [`metrics`] (counters).
 
@@ -34,6 +35,7 @@ pub mod dlq;
 pub mod freeze;
 pub mod housekeeping;
 pub mod inputs;
+pub mod memory;
 pub mod metrics;
 pub mod rebalance;
 pub mod restore;
@@ -65,7 +67,7 @@ use crate::topics::{self, Topics};
 use inputs::{Inputs, Next};
 use metrics::Metrics;
 use rebalance::{RebalanceEvent, RebalanceTracker};
-use restoring::RestoreJob;
+use restoring::{RestoreJob, RestoreRound};
 use store::PartitionStore;
 use txn::Txn;
 
@@ -174,51 +176,6 @@ pub async fn run(
         .map_err(|e| ProcessorError::Thread(e.to_string()))?;
     watcher.abort();
     result
-}
-
-/// The restores of one assignment, summed for one log line when the last one ends.
-#[derive(Default)]
-struct RestoreRound {
-    /// The assignment, or the first restore if the loop has just started.
-    started: Option<Instant>,
-    partitions: BTreeSet<i32>,
-    from_order_status: BTreeSet<i32>,
-    records: u64,
-    orders: usize,
-    held: usize,
-    finished: usize,
-}
-
-impl RestoreRound {
-    fn add(&mut self, r: &restore::Restored) {
-        let started = Instant::now()
-            .checked_sub(r.took)
-            .unwrap_or_else(Instant::now);
-        self.started = Some(self.started.map_or(started, |s| s.min(started)));
-        self.partitions.extend(r.stores.keys().copied());
-        self.from_order_status
-            .extend(r.from_order_status.iter().copied());
-        self.records += r.records;
-        self.orders += r.orders();
-        self.held += r.held();
-        self.finished += r.finished();
-    }
-
-    fn log(&mut self) {
-        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
-        info!(
-            partitions = ?self.partitions,
-            from_order_status = ?self.from_order_status,
-            records = self.records,
-            orders = self.orders,
-            held = self.held,
-            finished = self.finished,
-            seconds = secs,
-            records_per_s = if secs > 0.0 { self.records as f64 / secs } else { 0.0 },
-            "state restored"
-        );
-        *self = RestoreRound::default();
-    }
 }
 
 fn now_millis() -> Millis {
@@ -609,75 +566,6 @@ impl Loop {
             self.idle_rounds = 0;
         }
         Ok(())
-    }
-
-    fn max_in_memory(&self) -> usize {
-        usize::try_from(self.ctx.config.max_orders_in_memory).unwrap_or(usize::MAX)
-    }
-
-    /// Keeps the orders in memory under `--max-orders-in-memory`: at the limit, settled
-    /// orders are evicted before their retention (housekeeping under pressure) and
-    /// creates and cancels are held back; both end once the orders in memory are back
-    /// under nine tenths of the limit. Results keep flowing, so the orders in flight can
-    /// finish (or time out) and make room.
-    fn watch_memory(&mut self, in_memory: usize) -> Result<(), StepError> {
-        let max = self.max_in_memory();
-        let low = max - max / 10;
-        if !self.pressure && in_memory >= max {
-            info!(
-                orders_in_memory = in_memory,
-                max_orders_in_memory = max,
-                "orders in memory at the limit: settled orders are evicted before their retention"
-            );
-            self.pressure = true;
-        } else if self.pressure && in_memory <= low {
-            self.pressure = false;
-        }
-        match self.intake_paused {
-            Some(since) if in_memory <= low => {
-                self.inputs.hold_intake(false)?;
-                self.intake_paused = None;
-                if std::mem::take(&mut self.pause_logged) {
-                    info!(
-                        orders_in_memory = in_memory,
-                        paused_ms = since.elapsed().as_millis() as u64,
-                        "intake resumed"
-                    );
-                }
-            }
-            None if in_memory >= max => self.pause_intake(in_memory)?,
-            _ => {}
-        }
-        Ok(())
-    }
-
-    fn pause_intake(&mut self, in_memory: usize) -> Result<(), StepError> {
-        self.inputs.hold_intake(true)?;
-        self.intake_paused = Some(Instant::now());
-        self.pressure = true;
-        Metrics::add(&self.ctx.metrics.intake_pauses, 1);
-        self.pause_logged = self.intake_log_due();
-        if self.pause_logged {
-            warn!(
-                orders_in_memory = in_memory,
-                max_orders_in_memory = self.max_in_memory(),
-                pauses = self.ctx.metrics.intake_pauses.load(Ordering::Relaxed),
-                "intake paused: orders in memory reached --max-orders-in-memory; creates \
-                 and cancels wait in Kafka until orders in flight finish"
-            );
-        }
-        Ok(())
-    }
-
-    /// Whether a pause of the intake may be logged now (at most one every 10 s).
-    fn intake_log_due(&mut self) -> bool {
-        let due = self
-            .intake_logged
-            .is_none_or(|at| at.elapsed() >= Duration::from_secs(10));
-        if due {
-            self.intake_logged = Some(Instant::now());
-        }
-        due
     }
 
     /// Sleeps until input arrives, a group may go on, a deadline falls due, or a short

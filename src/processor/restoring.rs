@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
-use tracing::debug;
+use tracing::{debug, info};
 
 use super::inputs::Wake;
 use super::restore::{self, RestoreError, Restored};
@@ -27,6 +27,51 @@ use super::{Context, TxnConsumer};
 use crate::topics::Topics;
 
 type Outcome = Result<Restored, RestoreError>;
+
+/// The restores of one assignment, summed for one log line when the last one ends.
+#[derive(Default)]
+pub struct RestoreRound {
+    /// The assignment, or the first restore if the loop has just started.
+    started: Option<Instant>,
+    partitions: BTreeSet<i32>,
+    from_order_status: BTreeSet<i32>,
+    records: u64,
+    orders: usize,
+    held: usize,
+    finished: usize,
+}
+
+impl RestoreRound {
+    pub fn add(&mut self, r: &restore::Restored) {
+        let started = Instant::now()
+            .checked_sub(r.took)
+            .unwrap_or_else(Instant::now);
+        self.started = Some(self.started.map_or(started, |s| s.min(started)));
+        self.partitions.extend(r.stores.keys().copied());
+        self.from_order_status
+            .extend(r.from_order_status.iter().copied());
+        self.records += r.records;
+        self.orders += r.orders();
+        self.held += r.held();
+        self.finished += r.finished();
+    }
+
+    pub fn log(&mut self) {
+        let secs = self.started.map_or(0.0, |s| s.elapsed().as_secs_f64());
+        info!(
+            partitions = ?self.partitions,
+            from_order_status = ?self.from_order_status,
+            records = self.records,
+            orders = self.orders,
+            held = self.held,
+            finished = self.finished,
+            seconds = secs,
+            records_per_s = if secs > 0.0 { self.records as f64 / secs } else { 0.0 },
+            "state restored"
+        );
+        *self = RestoreRound::default();
+    }
+}
 
 /// How long the coordinator may take to say which offsets are committed.
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(60);
