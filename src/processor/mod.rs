@@ -743,7 +743,7 @@ impl Loop {
                 self.ctx.clone(),
                 self.topics.clone(),
                 self.consumer.clone(),
-                BTreeSet::from([p]),
+                p,
                 self.stop.clone(),
                 self.inputs.waker(),
             )

@@ -130,6 +130,9 @@ pub fn restore(
     release_freed_memory();
     ctx.telemetry.on_restore(records, started.elapsed());
     let restored = Restored {
+        orders: stores.values().map(|s| s.states().count()).sum(),
+        held: stores.values().map(PartitionStore::early_count).sum(),
+        finished: stores.values().map(PartitionStore::finished_len).sum(),
         stores,
         records,
         from_order_status: fallback,
@@ -139,7 +142,7 @@ pub fn restore(
         partitions = ?partitions,
         from_order_status = ?restored.from_order_status,
         records,
-        orders = restored.orders(),
+        orders = restored.orders,
         seconds = restored.took.as_secs_f64(),
         "partitions restored"
     );
@@ -154,18 +157,10 @@ pub struct Restored {
     /// Partitions restored from `order-status` (no complete marker in `order-state`).
     pub from_order_status: BTreeSet<i32>,
     pub took: Duration,
-}
-
-impl Restored {
-    pub fn orders(&self) -> usize {
-        self.stores.values().map(|s| s.states().count()).sum()
-    }
-    pub fn held(&self) -> usize {
-        self.stores.values().map(PartitionStore::early_count).sum()
-    }
-    pub fn finished(&self) -> usize {
-        self.stores.values().map(PartitionStore::finished_len).sum()
-    }
+    /// Orders, ids holding early events, and finished records in `stores`.
+    pub orders: usize,
+    pub held: usize,
+    pub finished: usize,
 }
 
 /// The entries of one partition while its changelogs are read.

@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use rdkafka::consumer::Consumer;
 use rdkafka::TopicPartitionList;
-use tracing::{debug, info};
+use tracing::info;
 
 use super::inputs::Wake;
 use super::restore::{self, RestoreError, Restored};
@@ -51,9 +51,9 @@ impl RestoreRound {
         self.from_order_status
             .extend(r.from_order_status.iter().copied());
         self.records += r.records;
-        self.orders += r.orders();
-        self.held += r.held();
-        self.finished += r.finished();
+        self.orders += r.orders;
+        self.held += r.held;
+        self.finished += r.finished;
     }
 
     pub fn log(&mut self) {
@@ -77,46 +77,35 @@ impl RestoreRound {
 const COMMITTED_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct RestoreJob {
-    partitions: BTreeSet<i32>,
     cancel: Arc<AtomicBool>,
     done: Receiver<Outcome>,
-    started: Instant,
 }
 
 impl RestoreJob {
-    /// Starts restoring `partitions` on a new thread; `wake` is notified when it ends.
+    /// Starts restoring `partition` on a new thread; `wake` is notified when it ends.
     pub fn start(
         ctx: Arc<Context>,
         topics: Topics,
         consumer: Arc<TxnConsumer>,
-        partitions: BTreeSet<i32>,
+        partition: i32,
         stop: Arc<AtomicBool>,
         wake: Arc<Wake>,
     ) -> std::io::Result<Self> {
         let cancel = Arc::new(AtomicBool::new(false));
         let (tx, done) = mpsc::channel();
         let job_cancel = cancel.clone();
-        let job_partitions = partitions.clone();
         std::thread::Builder::new()
-            .name("restore".into())
+            .name(format!("restore-{partition}"))
             .spawn(move || {
+                let partitions = BTreeSet::from([partition]);
                 let cancelled = || stop.load(Ordering::SeqCst) || job_cancel.load(Ordering::SeqCst);
-                let outcome = stable_offsets(&consumer, &topics, &job_partitions)
-                    .and_then(|()| restore::restore(&ctx, &topics, &job_partitions, &cancelled));
+                let outcome = stable_offsets(&consumer, &topics, &partitions)
+                    .and_then(|()| restore::restore(&ctx, &topics, &partitions, &cancelled));
                 // A cancelled job's receiver is gone; its result is not wanted.
                 let _ = tx.send(outcome);
                 wake.notify();
             })?;
-        Ok(RestoreJob {
-            partitions,
-            cancel,
-            done,
-            started: Instant::now(),
-        })
-    }
-
-    pub fn partitions(&self) -> &BTreeSet<i32> {
-        &self.partitions
+        Ok(RestoreJob { cancel, done })
     }
 
     /// The job's result, once it has one.
@@ -131,13 +120,7 @@ impl RestoreJob {
 
 impl Drop for RestoreJob {
     fn drop(&mut self) {
-        if !self.cancel.swap(true, Ordering::SeqCst) {
-            debug!(
-                partitions = ?self.partitions,
-                ran_ms = self.started.elapsed().as_millis() as u64,
-                "restore job ended"
-            );
-        }
+        self.cancel.store(true, Ordering::SeqCst);
     }
 }
 

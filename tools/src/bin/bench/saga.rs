@@ -395,18 +395,13 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
             .collect::<Vec<_>>(),
         1.0,
     );
-    result.saturated.steady_orders_per_s = steady_rate(&tracker, SATURATED);
-    result.pipeline_fill_share = fill_share(&tracker, SATURATED, first_ms);
-    let sat_seconds = {
-        let g = tracker.lock();
-        let last = g
-            .completions
-            .iter()
-            .filter(|(p, _)| *p == SATURATED)
-            .map(|(_, ts)| *ts)
-            .max();
-        last.map(|l| (l - first_ms) as f64 / 1000.0).unwrap_or(0.0)
-    };
+    let completed_at = completion_times(&tracker, SATURATED);
+    result.saturated.steady_orders_per_s = steady_rate(&completed_at);
+    result.pipeline_fill_share = fill_share(&completed_at, first_ms);
+    let sat_seconds = completed_at
+        .last()
+        .map(|l| (l - first_ms) as f64 / 1000.0)
+        .unwrap_or(0.0);
     println!(
         "[saga]   {done} completed in {sat_seconds:.1} s (by record timestamps), processor CPU {:.2} s per 1000 orders",
         result.cpu_s_per_1000_orders
@@ -488,8 +483,8 @@ pub async fn run(ctx: &Ctx<'_>) -> anyhow::Result<SagaResult> {
     Ok(result)
 }
 
-/// Completions per second between the 10th and 90th percentile of completion times.
-fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
+/// The completion times of `phase`, earliest first.
+fn completion_times(tracker: &Tracker, phase: usize) -> Vec<Millis> {
     let mut ts: Vec<Millis> = tracker
         .lock()
         .completions
@@ -498,6 +493,12 @@ fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
         .map(|(_, t)| *t)
         .collect();
     ts.sort_unstable();
+    ts
+}
+
+/// Completions per second between the 10th and 90th percentile of completion times
+/// (`ts` earliest first).
+fn steady_rate(ts: &[Millis]) -> f64 {
     let n = ts.len();
     if n < 10 {
         return 0.0;
@@ -512,16 +513,8 @@ fn steady_rate(tracker: &Tracker, phase: usize) -> f64 {
 }
 
 /// Share of the window from the first create to the last completion that passed before
-/// the 10th percentile of completions.
-fn fill_share(tracker: &Tracker, phase: usize, first_ms: Millis) -> f64 {
-    let mut ts: Vec<Millis> = tracker
-        .lock()
-        .completions
-        .iter()
-        .filter(|(p, _)| *p == phase)
-        .map(|(_, t)| *t)
-        .collect();
-    ts.sort_unstable();
+/// the 10th percentile of completions (`ts` earliest first).
+fn fill_share(ts: &[Millis], first_ms: Millis) -> f64 {
     match (ts.get(ts.len() / 10), ts.last()) {
         (Some(p10), Some(last)) if *last > first_ms => {
             (p10 - first_ms) as f64 / (last - first_ms) as f64
