@@ -384,10 +384,8 @@ pub async fn run(
 
 /// Counts how the processor ended, for the metrics.
 fn count_failure(telemetry: &Telemetry, result: &Result<(), processor::ProcessorError>) {
-    match result {
-        Err(processor::ProcessorError::Fenced { .. }) => telemetry.on_failure("fenced"),
-        Err(_) => telemetry.on_failure("fatal"),
-        Ok(()) => {}
+    if let Err(e) = result {
+        telemetry.on_failure(e.kind());
     }
 }
 

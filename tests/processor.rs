@@ -5,7 +5,7 @@ mod common;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::*;
 use order_saga::saga::{Action, Status};
@@ -508,6 +508,99 @@ async fn a_zombie_woken_after_its_replacement_started_exits_at_once_and_writes_n
     assert!(statuses(&states, &ids(&orders))
         .iter()
         .all(|st| *st == Status::Completed));
+}
+
+/// A stall longer than the transaction timeout and the session timeout (a long GC-like
+/// pause, a VM freeze), with no other process taking the instance's id: the broker times
+/// the open transaction out, the group drops the member, and the process must start over
+/// in-process (new producer, rejoin, state restored from what committed) rather than stop
+/// or sit idle, and every order must complete with each command exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_process_frozen_past_its_transaction_timeout_starts_over_in_process_and_loses_nothing() {
+    const TXN_TIMEOUT_MS: u64 = 12_000;
+    const BURST: u32 = 2_000;
+    let mut s = setup(&["--transaction-timeout-ms", "12000"]).await;
+    let _downstream = Downstream::start(&s.config, s.codec.clone(), |_| Reply::success());
+    let first: Vec<_> = (0..20).map(order).collect();
+    produce_orders(&s.producer, &s.config, &s.codec, &first).await;
+    wait_for_states(&s.config, &s.codec, &ids(&first), WAIT, terminal).await;
+    // The stall must hit an open transaction and outlast its timeout; a stall between two
+    // transactions proves nothing, so it is tried again (each try is one more restart).
+    let mut hit = None;
+    let mut orders = first;
+    for attempt in 1..=3 {
+        let starts = s.processor.log_text().matches("processor started").count();
+        // A backlog keeps the loop in one transaction after another.
+        let burst: Vec<_> = (0..BURST).map(order).collect();
+        produce_orders(&s.producer, &s.config, &s.codec, &burst).await;
+        orders.extend(burst);
+        s.processor.signal("STOP");
+        // Past the session timeout (10 s) and the transaction timeout (12 s).
+        tokio::time::sleep(Duration::from_millis(TXN_TIMEOUT_MS + 2_000)).await;
+        s.processor.signal("CONT");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while s.processor.log_text().matches("processor started").count() == starts {
+            assert!(
+                Instant::now() < deadline,
+                "no new loop within 30 s of waking (try {attempt}):\n{}",
+                s.processor.log_text()
+            );
+            assert_eq!(
+                s.processor.wait_exit(Duration::from_millis(200)),
+                None,
+                "the process exited:\n{}",
+                s.processor.log_text()
+            );
+        }
+        let log = s.processor.log_text();
+        let ended = log
+            .lines()
+            .rfind(|l| l.contains("out of the group; this loop ends"))
+            .unwrap_or_else(|| panic!("the woken loop did not end as out of its group:\n{log}"))
+            .to_string();
+        let open_ms: u64 = ended
+            .split("transaction_open_ms=")
+            .nth(1)
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        if ended.contains("transaction_open=true") && open_ms >= TXN_TIMEOUT_MS {
+            hit = Some(open_ms);
+            break;
+        }
+        // The next stall must find a loop that works again.
+        let restored = Instant::now() + Duration::from_secs(30);
+        while s.processor.log_text().matches("state restored").count() <= starts {
+            assert!(
+                Instant::now() < restored,
+                "the new loop restored nothing within 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let open_ms = hit.expect("no stall in 3 tries hit an open transaction");
+    assert!(open_ms >= TXN_TIMEOUT_MS);
+
+    let states = wait_for_states(&s.config, &s.codec, &ids(&orders), WAIT, terminal).await;
+    assert!(
+        statuses(&states, &ids(&orders))
+            .iter()
+            .all(|st| *st == Status::Completed),
+        "not every order completed:\n{}",
+        s.processor.log_text()
+    );
+    let cmds = committed_commands(&s.config, &s.codec).await;
+    let unique: HashSet<&str> = cmds.iter().map(|c| c.command_id.as_str()).collect();
+    assert_eq!(unique.len(), cmds.len(), "a command was committed twice");
+    assert_eq!(cmds.len(), orders.len() * 4);
+    let log = s.processor.log_text();
+    assert!(log.contains("starting over in-process"), "{log}");
+    // The same process did it all, and it still stops cleanly.
+    assert_eq!(
+        s.processor.terminate(Duration::from_secs(30)),
+        Some(0),
+        "{log}"
+    );
 }
 
 /// One order far larger than any record the saga writes may be: it must not stop the

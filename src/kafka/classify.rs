@@ -19,15 +19,23 @@ pub enum ErrorClass {
     Fatal,
 }
 
-/// Codes that mean another producer with our transactional id has taken over, or that
-/// the client is not allowed to do what it must: nothing can fix that by retrying.
-fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
+/// Codes that mean the producer's epoch is no longer current: another producer with its
+/// transactional id initialised, or the broker timed its transaction out and bumped it.
+fn is_fence_code(code: RDKafkaErrorCode) -> bool {
     matches!(
         code,
         RDKafkaErrorCode::ProducerFenced
             | RDKafkaErrorCode::Fenced
             | RDKafkaErrorCode::InvalidProducerEpoch
-            | RDKafkaErrorCode::TransactionalIdAuthorizationFailed
+    )
+}
+
+/// Codes that mean the client is not allowed to do what it must, or cannot with this
+/// broker: only an operator can change that.
+fn is_refusal_code(code: RDKafkaErrorCode) -> bool {
+    matches!(
+        code,
+        RDKafkaErrorCode::TransactionalIdAuthorizationFailed
             | RDKafkaErrorCode::ClusterAuthorizationFailed
             | RDKafkaErrorCode::TopicAuthorizationFailed
             | RDKafkaErrorCode::GroupAuthorizationFailed
@@ -35,8 +43,25 @@ fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
             | RDKafkaErrorCode::SaslAuthenticationFailed
             | RDKafkaErrorCode::UnsupportedVersion
             | RDKafkaErrorCode::InvalidTransactionTimeout
-            | RDKafkaErrorCode::UnknownProducerId
     )
+}
+
+/// Codes that no retry can fix: a fence, a refusal, a producer id the broker forgot.
+fn is_fatal_code(code: RDKafkaErrorCode) -> bool {
+    is_fence_code(code) || is_refusal_code(code) || code == RDKafkaErrorCode::UnknownProducerId
+}
+
+/// The error code an error carries, if any.
+fn code_of(error: &KafkaError) -> Option<RDKafkaErrorCode> {
+    match error {
+        KafkaError::Transaction(e) => Some(e.code()),
+        other => other.rdkafka_error_code(),
+    }
+}
+
+/// Whether an error says that the producer has been fenced (see [`is_fence_code`]).
+pub fn is_fence(error: &KafkaError) -> bool {
+    code_of(error).is_some_and(is_fence_code)
 }
 
 /// Codes that go away on their own: time-outs, back-pressure, leadership moves.
@@ -135,6 +160,29 @@ pub fn classify(error: &KafkaError) -> ErrorClass {
         // understood, so stop rather than risk a duplicate.
         #[allow(unreachable_patterns)]
         _ => ErrorClass::Fatal,
+    }
+}
+
+/// Whether a fatal error is one only an operator can fix (credentials, ACLs, settings, a
+/// broker too old for transactions), as opposed to one that a new producer gets past (a
+/// transaction the broker timed out, a transactional state librdkafka gave up on). The
+/// processor recovers in-process from the latter and exits on the former.
+pub fn needs_operator(error: &KafkaError) -> bool {
+    match error {
+        KafkaError::ClientConfig(..)
+        | KafkaError::ClientCreation(_)
+        | KafkaError::Subscription(_)
+        | KafkaError::Nul(_)
+        | KafkaError::AdminOpCreation(_) => true,
+        other => code_of(other).is_some_and(|c| {
+            is_refusal_code(c)
+                || matches!(
+                    c,
+                    RDKafkaErrorCode::InvalidConfig
+                        | RDKafkaErrorCode::InvalidArgument
+                        | RDKafkaErrorCode::SSL
+                )
+        }),
     }
 }
 
@@ -292,6 +340,30 @@ mod tests {
             access_failure(C::AllBrokersDown, "1/1 brokers are down"),
             None
         );
+    }
+
+    #[test]
+    fn only_access_and_setting_errors_need_an_operator_among_fatal_ones() {
+        assert!(needs_operator(&KafkaError::Global(
+            C::TopicAuthorizationFailed
+        )));
+        assert!(needs_operator(&KafkaError::MessageProduction(
+            C::TransactionalIdAuthorizationFailed
+        )));
+        assert!(needs_operator(&KafkaError::ClientCreation("bad".into())));
+        assert!(needs_operator(&KafkaError::Global(
+            C::SaslAuthenticationFailed
+        )));
+        // A new producer gets past these: the broker timed out the transaction, or
+        // librdkafka lost track of its state.
+        assert!(!needs_operator(&KafkaError::Global(
+            C::InvalidProducerEpoch
+        )));
+        assert!(!needs_operator(&KafkaError::Global(
+            C::InvalidTransactionalState
+        )));
+        assert!(!needs_operator(&KafkaError::Global(C::Fatal)));
+        assert!(!needs_operator(&KafkaError::Flush(C::ProducerFenced)));
     }
 
     #[test]

@@ -88,6 +88,12 @@ pub fn read_committed_consumer(config: &Config, group: &str, client_id: &str) ->
     c
 }
 
+/// The client id of the processor's consumer: its instance's transactional id, so the
+/// group's member list shows which instance each member is.
+pub fn processor_client_id(config: &Config) -> String {
+    format!("{}-consumer", config.transactional_id())
+}
+
 /// Session timeout of a static member of the processor's group.
 pub const STATIC_SESSION_TIMEOUT_MS: &str = "30000";
 

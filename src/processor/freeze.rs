@@ -52,8 +52,10 @@ impl Frozen {
     }
 }
 
-/// Starts the watch thread; it ends when `stop` is set. Returns `None` if the thread
-/// cannot be started (the processor then relies on librdkafka alone).
+/// Starts the watch thread; it ends when `stop` is set or every `Frozen` handed out is
+/// dropped (the loop it watched ended, and a new loop started in-process has a watch of
+/// its own). Returns `None` if the thread cannot be started (the processor then relies on
+/// librdkafka alone).
 pub fn watch(limit: Duration, stop: Arc<AtomicBool>) -> Option<Frozen> {
     let frozen = Frozen::new(limit);
     let flag = frozen.clone();
@@ -61,7 +63,8 @@ pub fn watch(limit: Duration, stop: Arc<AtomicBool>) -> Option<Frozen> {
         .name("freeze-watch".into())
         .spawn(move || {
             let mut last = Instant::now();
-            while !stop.load(Ordering::SeqCst) {
+            // The thread's own handle is the last one once the loop's are dropped.
+            while !stop.load(Ordering::SeqCst) && Arc::strong_count(&flag.seen) > 1 {
                 thread::sleep(TICK);
                 let now = Instant::now();
                 if gap_exceeds(now.saturating_duration_since(last), limit) {
@@ -99,6 +102,20 @@ mod tests {
         // No tick for longer than the limit plus a tick, as after a SIGSTOP.
         thread::sleep(Duration::from_millis(200));
         assert!(frozen.seen());
+    }
+
+    #[test]
+    fn the_watch_ends_once_its_loop_drops_it() {
+        let stop = Arc::new(AtomicBool::new(false));
+        let frozen = watch(Duration::from_secs(10), stop).expect("watch thread");
+        let seen = Arc::downgrade(&frozen.seen);
+        drop(frozen);
+        // The thread notices within a tick and drops its own handle.
+        thread::sleep(TICK * 3);
+        assert!(
+            seen.upgrade().is_none(),
+            "the watch thread is still running"
+        );
     }
 
     #[test]

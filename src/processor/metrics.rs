@@ -37,6 +37,8 @@ pub struct Metrics {
     pub expired_finished: AtomicU64,
     /// Times creates and cancels were held back because memory was full.
     pub intake_pauses: AtomicU64,
+    /// Times the loop was started over in-process (see `processor::recovery`).
+    pub restarts: AtomicU64,
 }
 
 impl Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
             finished_creates = self.finished_creates.load(Relaxed),
             expired_finished = self.expired_finished.load(Relaxed),
             intake_pauses = self.intake_pauses.load(Relaxed),
+            restarts = self.restarts.load(Relaxed),
             in_memory = %per_status,
             holding,
             "{what}"

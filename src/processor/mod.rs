@@ -38,6 +38,7 @@ pub mod inputs;
 pub mod memory;
 pub mod metrics;
 pub mod rebalance;
+pub mod recovery;
 pub mod restore;
 pub mod restoring;
 pub mod step;
@@ -83,7 +84,8 @@ const RESTORE_THREADS: usize = 6;
 /// How often settled orders past their retention are evicted from memory.
 const EVICT_EVERY: Duration = Duration::from_secs(1);
 
-/// Why the processor stopped other than by a requested shutdown.
+/// Why the processor stopped other than by a requested shutdown. [`recovery::plan`] says
+/// which of them the instance starts over from in-process.
 #[derive(Debug, Error)]
 pub enum ProcessorError {
     #[error(
@@ -95,24 +97,44 @@ pub enum ProcessorError {
         source: KafkaError,
     },
     #[error(
+        "the broker timed out this instance's transaction, open for {open_ms} ms (the \
+         process or its loop stood still), and fenced its producer ({source})"
+    )]
+    TimedOut { open_ms: u64, source: KafkaError },
+    #[error(
         "the outcome of a transaction commit is unknown after {waited_ms} ms ({reason}); \
-         exiting so that a restart resolves it (the broker completes or aborts the \
-         transaction, and the restarted instance resumes from what committed)"
+         the broker completes or aborts the transaction, and a new producer resumes from \
+         what committed"
     )]
     Indeterminate { waited_ms: u64, reason: String },
     #[error(
-        "this instance was out of its group (its session or poll interval ran out, e.g. \
-         while the process was stopped); another instance, possibly one with the same \
-         transactional id, may own its partitions now, so it exits for its supervisor to \
-         restart it rather than rejoin with what it held"
+        "this instance was out of its group: its session or poll interval ran out (for \
+         example while the process was stopped) or the coordinator forgot it, and another \
+         member may own its partitions now"
     )]
     OutOfGroup,
     #[error(
-        "the process stood still for longer than its session timeout while it started; \
-         another instance with the same transactional id may have started meanwhile, so \
-         it exits for its supervisor to restart it rather than contend for the id"
+        "the process stood still for longer than its session timeout while it started, so \
+         another instance with the same transactional id may have started meanwhile"
     )]
     FrozenAtStart,
+    #[error(
+        "another process is in the group with this instance's id (member {member}); this \
+         one exits so that only one writes. It had stopped because {after}"
+    )]
+    Twin {
+        member: String,
+        after: Box<ProcessorError>,
+    },
+    #[error(
+        "gave up after {restarts} in-process restarts within {window_s} s; the last loop \
+         ended because {last}"
+    )]
+    GaveUp {
+        restarts: usize,
+        window_s: u64,
+        last: Box<ProcessorError>,
+    },
     #[error("kafka error that cannot be recovered from: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topics are not usable: {0}")]
@@ -121,6 +143,25 @@ pub enum ProcessorError {
     Restore { partition: i32, reason: String },
     #[error("processor thread failed: {0}")]
     Thread(String),
+}
+
+impl ProcessorError {
+    /// A short name of the kind of error, for metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            ProcessorError::Fenced { .. } => "fenced",
+            ProcessorError::TimedOut { .. } => "timed_out",
+            ProcessorError::Indeterminate { .. } => "indeterminate",
+            ProcessorError::OutOfGroup => "out_of_group",
+            ProcessorError::FrozenAtStart => "frozen_at_start",
+            ProcessorError::Twin { .. } => "twin",
+            ProcessorError::GaveUp { .. } => "gave_up",
+            ProcessorError::Kafka(_) => "kafka",
+            ProcessorError::Topics(_) => "topics",
+            ProcessorError::Restore { .. } => "restore",
+            ProcessorError::Thread(_) => "thread",
+        }
+    }
 }
 
 /// The lifecycle of the loop, logged on every change.
@@ -159,8 +200,9 @@ pub struct Context {
 
 /// Runs the processor until `shutdown` completes, then drains and returns.
 ///
-/// Returns an error only when it cannot go on: fenced, a commit of unknown outcome, or a
-/// fatal Kafka error.
+/// A loop that ends with an error the instance can get past is started again in-process
+/// ([`recovery`]); an error is returned only when it cannot go on: fenced by another
+/// process with its id, refused by the brokers, or restarted too often.
 pub async fn run(
     ctx: Context,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
@@ -171,9 +213,17 @@ pub async fn run(
         shutdown.await;
         flag.store(true, Ordering::SeqCst);
     });
-    let result = tokio::task::spawn_blocking(move || Loop::start(Arc::new(ctx), stop)?.run())
-        .await
-        .map_err(|e| ProcessorError::Thread(e.to_string()))?;
+    let ctx = Arc::new(ctx);
+    let result = tokio::task::spawn_blocking(move || {
+        recovery::supervise(
+            &stop,
+            || Loop::start(ctx.clone(), stop.clone())?.run(),
+            || recovery::look_for_twin(&ctx.config),
+            |e| recovery::count_restart(&ctx, e),
+        )
+    })
+    .await
+    .map_err(|e| ProcessorError::Thread(e.to_string()))?;
     watcher.abort();
     result
 }
@@ -366,7 +416,7 @@ impl Loop {
         let mut consumer_cfg = clients::read_committed_consumer(
             &ctx.config,
             &ctx.config.application_id,
-            &format!("{txn_id}-consumer"),
+            &clients::processor_client_id(&ctx.config),
         );
         // The end of a partition tells the event-time order that an empty input
         // partition holds nothing earlier (see `inputs`).
@@ -424,7 +474,38 @@ impl Loop {
         }
     }
 
+    /// Runs the loop until it stops or fails. A failure of a process that stood still past
+    /// its session timeout is reported as [`ProcessorError::OutOfGroup`], whichever call
+    /// noticed first (a commit whose time ran out during the freeze, a fence): another
+    /// process with its id may have started meanwhile, which is what must be asked before
+    /// it starts over ([`recovery`]).
     fn run(mut self) -> Result<(), ProcessorError> {
+        let result = self.serve();
+        let frozen = self.frozen.as_ref().is_some_and(freeze::Frozen::seen);
+        match result {
+            Err(e)
+                if matches!(e, ProcessorError::OutOfGroup)
+                    || (frozen
+                        && (recovery::plan(&e) != recovery::Plan::Exit
+                            || matches!(e, ProcessorError::Fenced { .. }))) =>
+            {
+                // Whether a transaction was left to the broker's time-out, and for how
+                // long it had been open: what a stall did.
+                warn!(
+                    error = %e,
+                    frozen,
+                    transaction_open = self.txn.open,
+                    transaction_open_ms = self.txn.opened.map_or(0, |t| t.elapsed().as_millis() as u64),
+                    transaction_timeout_ms = self.ctx.config.transaction_timeout_ms,
+                    "out of the group; this loop ends without writing more"
+                );
+                Err(ProcessorError::OutOfGroup)
+            }
+            other => other,
+        }
+    }
+
+    fn serve(&mut self) -> Result<(), ProcessorError> {
         let stats_every = Duration::from_secs(self.ctx.config.stats_interval_s);
         let mut last_stats = Instant::now();
         let mut backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
@@ -453,7 +534,7 @@ impl Loop {
                 }
                 Err(StepError::Fatal(e)) => {
                     self.log_counters("processor counters at failure");
-                    return Err(txn::fatal(&self.ctx.config.transactional_id(), e));
+                    return Err(self.fatal(e));
                 }
                 Err(StepError::Indeterminate { waited_ms, reason }) => {
                     self.log_counters("processor counters at failure");

@@ -38,6 +38,9 @@ pub struct Consumed {
 #[derive(Default)]
 pub struct Txn {
     pub open: bool,
+    /// When it was opened: a fence of a transaction open past the transaction timeout is
+    /// the broker's time-out, not another process.
+    pub opened: Option<Instant>,
     /// One entry per input partition read, at most one per lane: a short list searched
     /// in place, so noting a record allocates nothing once its partition is listed.
     pub consumed: Vec<Consumed>,
@@ -69,6 +72,7 @@ impl Loop {
         if !self.txn.open {
             self.producer.begin_transaction()?;
             self.txn.open = true;
+            self.txn.opened = Some(Instant::now());
         }
         Ok(())
     }
@@ -137,6 +141,9 @@ impl Loop {
     /// Aborts the open transaction and forgets its state changes, leaving the consumer
     /// where it is (for a rebalance, after which the consumer starts over anyway).
     pub(super) fn abort_only(&mut self) -> Result<(), StepError> {
+        // An abort after the broker timed the transaction out bumps the producer epoch,
+        // which would fence a replacement started while this process stood still.
+        self.check_frozen()?;
         if self.txn.open {
             let started = Instant::now();
             retrying(self.budget(), started, |left| {
@@ -157,10 +164,9 @@ impl Loop {
     /// transaction and those buffered but not yet decided.
     pub(super) fn abort_and_rewind(&mut self) -> Result<(), ProcessorError> {
         let consumed = std::mem::take(&mut self.txn.consumed);
-        let txn_id = self.ctx.config.transactional_id();
         match self.abort_only() {
             Ok(()) => {}
-            Err(StepError::Fatal(e)) => return Err(fatal(&txn_id, e)),
+            Err(StepError::Fatal(e)) => return Err(self.fatal(e)),
             Err(StepError::Indeterminate { waited_ms, reason }) => {
                 return Err(ProcessorError::Indeterminate { waited_ms, reason })
             }
@@ -249,23 +255,28 @@ fn retrying(
     }
 }
 
-/// The processor error for a fatal Kafka error: fenced, or anything else.
+impl Loop {
+    /// The processor error for a fatal Kafka error of the open transaction: see [`fatal`];
+    /// a fence of a transaction open past the transaction timeout is the broker's
+    /// time-out.
+    pub(super) fn fatal(&self, e: KafkaError) -> ProcessorError {
+        let open = self.txn.opened.map(|t| t.elapsed());
+        match open {
+            Some(open) if classify::is_fence(&e) && open >= self.budget() => {
+                ProcessorError::TimedOut {
+                    open_ms: open.as_millis() as u64,
+                    source: e,
+                }
+            }
+            _ => fatal(&self.ctx.config.transactional_id(), e),
+        }
+    }
+}
+
+/// The processor error for a fatal Kafka error: fenced by another process, or anything
+/// else.
 pub(super) fn fatal(transactional_id: &str, e: KafkaError) -> ProcessorError {
-    let fenced = match &e {
-        KafkaError::Transaction(t) => matches!(
-            t.code(),
-            rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                | rdkafka::types::RDKafkaErrorCode::Fenced
-        ),
-        other => matches!(
-            other.rdkafka_error_code(),
-            Some(
-                rdkafka::types::RDKafkaErrorCode::ProducerFenced
-                    | rdkafka::types::RDKafkaErrorCode::Fenced
-            )
-        ),
-    };
-    if fenced {
+    if classify::is_fence(&e) {
         ProcessorError::Fenced {
             transactional_id: transactional_id.to_string(),
             source: e,
