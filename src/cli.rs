@@ -29,10 +29,11 @@ use crate::{db, kafka, report, sink};
 pub use crate::explain::{ExplainArgs, ExplainError};
 pub use crate::report::ReportArgs;
 
-/// Why a command failed; `main` adds which command it was.
+/// Why a command failed; `main` adds which command it was. A variant with a source names
+/// only its own part: `main` prints the chain.
 #[derive(Debug, Error)]
 pub enum CommandError {
-    #[error("reading the registry's CA, password or token file: {0}")]
+    #[error("reading the registry's CA, password or token file")]
     RegistryFiles(#[source] std::io::Error),
     #[error(transparent)]
     Registry(#[from] RegistryError),
@@ -45,20 +46,20 @@ pub enum CommandError {
     Telemetry(#[from] TelemetryError),
     #[error(transparent)]
     Processor(#[from] ProcessorError),
-    #[error("the sink stopped: {0}")]
+    #[error("the sink stopped")]
     Sink(#[from] SinkError),
-    #[error("the sink task failed: {0}")]
+    #[error("the sink task failed")]
     SinkTask(#[source] tokio::task::JoinError),
     /// Nothing asked it to stop: the table would fall behind without anyone noticing.
     #[error("the sink stopped on its own")]
     SinkStoppedOnItsOwn,
-    #[error("metrics shutdown: {0}")]
+    #[error("metrics shutdown")]
     MetricsShutdown(#[source] tokio::task::JoinError),
     #[error(transparent)]
     Admin(#[from] AdminError),
     #[error(transparent)]
     Db(#[from] DbError),
-    #[error("reading the order table: {0}")]
+    #[error("reading the order table")]
     Report(#[from] ReportError),
     #[error(transparent)]
     Explain(#[from] ExplainError),

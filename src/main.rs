@@ -136,7 +136,7 @@ async fn dispatch(command: Command, config: Config) -> anyhow::Result<ExitCode> 
         Command::Run(c) => {
             cli::run(config, !c.no_sink, signals::shutdown_signal())
                 .await
-                .context("processor")?;
+                .context("run")?;
         }
         Command::Sink(_) => cli::sink(config, signals::shutdown_signal())
             .await

@@ -673,3 +673,79 @@ async fn instances_stopped_one_after_the_other_under_load_both_exit_cleanly() {
         .iter()
         .all(|st| *st == Status::Completed));
 }
+
+/// Forwards every connection accepted on `listener` to `target`.
+async fn forward(listener: tokio::net::TcpListener, target: String) {
+    while let Ok((mut inbound, _)) = listener.accept().await {
+        let target = target.clone();
+        tokio::spawn(async move {
+            if let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await {
+                let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+            }
+        });
+    }
+}
+
+/// `run` hosts the processor and the sink; a sink that ends on its own must end the
+/// process, non-zero and at once, though the processor is fine: a process that only
+/// processes would leave the table behind without anyone noticing. Here PostgreSQL is
+/// out of reach until the processor runs, and then refuses the sink's password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sink_that_ends_on_its_own_ends_the_process_while_the_processor_runs() {
+    const SECRET: &str = "sink-test-not-the-password";
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port();
+    let real = database_url();
+    let postgres = real
+        .split('@')
+        .nth(1)
+        .and_then(|rest| rest.split('/').next())
+        .expect("host:port in the database URL")
+        .to_string();
+    let refused = format!("postgres://order:{SECRET}@127.0.0.1:{port}/order");
+    let prefix = random_prefix();
+    let mut config = config(&prefix, &[]);
+    config.database_url = refused;
+    create_topics(&config).await;
+    let mut p = spawn(&config, "p0", &["run"]);
+
+    // Both halves must be alive before the sink can fail: the processor has its
+    // partitions, and the sink waits for PostgreSQL.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let log = p.log_text();
+        if log.contains("state restored") && log.contains("sink waiting for PostgreSQL") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the process did not get going:\n{log}"
+        );
+        assert_eq!(
+            p.wait_exit(Duration::from_millis(200)),
+            None,
+            "exited early:\n{log}"
+        );
+    }
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the port chosen for PostgreSQL");
+    tokio::spawn(forward(listener, postgres));
+
+    let code = p.wait_exit(Duration::from_secs(30));
+    let log = p.log_text();
+    assert!(
+        matches!(code, Some(c) if c != 0),
+        "the process must end non-zero once the sink has ended, got {code:?}:\n{log}"
+    );
+    assert!(
+        log.contains("PostgreSQL refused the sink's connection"),
+        "the process says why:\n{log}"
+    );
+    assert!(
+        !log.contains(SECRET),
+        "the password appears in the log:\n{log}"
+    );
+}

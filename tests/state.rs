@@ -307,3 +307,75 @@ async fn creates_wait_in_kafka_while_memory_is_full_and_all_complete_once_orders
     assert_eq!(unique.len(), commands.len(), "no command twice");
     drop(downstream);
 }
+
+/// Item: a restore that begins while a previous owner's transaction is still open on the
+/// changelog (committed a moment later, its markers not yet written) must wait for it and
+/// read what it committed. Reading only to the last stable offset of the moment would
+/// miss it, and the new owner would decide again what the previous one had decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restore_waits_for_a_transaction_open_on_the_changelog_and_reads_what_it_committed() {
+    let prefix = random_prefix();
+    let config = config(&prefix, &[]);
+    create_topics(&config).await;
+    let topic = config.topics().name(order_saga::topics::ORDER_STATE);
+    let producer: BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", bootstrap())
+        .set("transactional.id", format!("{prefix}previous-owner"))
+        .create()
+        .expect("transactional producer");
+    producer
+        .init_transactions(Duration::from_secs(30))
+        .expect("init");
+    let write = |key: &str| {
+        producer
+            .send(
+                BaseRecord::to(&topic)
+                    .partition(0)
+                    .key(key)
+                    .payload("state"),
+            )
+            .map_err(|(e, _)| e)
+            .expect("send");
+        producer.flush(Duration::from_secs(10)).expect("flush");
+    };
+    producer.begin_transaction().expect("begin");
+    write("committed-before");
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    // The previous owner's last transaction: on the broker, not yet committed.
+    producer.begin_transaction().expect("begin");
+    write("committed-during");
+
+    let reader_config = config.clone();
+    let reader_topic = topic.clone();
+    let started = Instant::now();
+    let reader = std::thread::spawn(move || {
+        let mut keys = Vec::new();
+        let read = order_saga::kafka::read::read_to_end(
+            &reader_config,
+            "restore-test",
+            &reader_topic,
+            [0],
+            || Ok::<(), rdkafka::error::KafkaError>(()),
+            |msg| {
+                use rdkafka::Message;
+                keys.push(String::from_utf8_lossy(msg.key().unwrap_or_default()).into_owned());
+                Ok(())
+            },
+        );
+        (read, keys, started.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(
+        !reader.is_finished(),
+        "the read ended while a transaction was open on the partition"
+    );
+    producer
+        .commit_transaction(Duration::from_secs(30))
+        .expect("commit");
+    let (read, keys, took) = reader.join().expect("reader thread");
+    assert_eq!(read.expect("read"), 2);
+    assert_eq!(keys, vec!["committed-before", "committed-during"]);
+    assert!(took >= Duration::from_millis(1500), "{took:?}");
+}

@@ -94,6 +94,26 @@ pub fn processor_client_id(config: &Config) -> String {
     format!("{}-consumer", config.transactional_id())
 }
 
+/// The member id the group coordinator gave `consumer` when it last joined, if it has.
+pub fn member_id<C: rdkafka::consumer::ConsumerContext>(
+    consumer: &rdkafka::consumer::BaseConsumer<C>,
+) -> Option<String> {
+    use rdkafka::consumer::Consumer;
+    let handle = consumer.client().native_ptr();
+    // SAFETY: the handle is valid while `consumer` is borrowed; rd_kafka_memberid returns
+    // a copy of the id (or null) that the caller frees with rd_kafka_mem_free, which is
+    // done once it has been copied into a String.
+    unsafe {
+        let ptr = rdkafka::bindings::rd_kafka_memberid(handle);
+        if ptr.is_null() {
+            return None;
+        }
+        let id = std::ffi::CStr::from_ptr(ptr).to_string_lossy().into_owned();
+        rdkafka::bindings::rd_kafka_mem_free(handle, ptr.cast());
+        (!id.is_empty()).then_some(id)
+    }
+}
+
 /// Session timeout of a static member of the processor's group.
 pub const STATIC_SESSION_TIMEOUT_MS: &str = "30000";
 

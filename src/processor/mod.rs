@@ -214,11 +214,12 @@ pub async fn run(
         flag.store(true, Ordering::SeqCst);
     });
     let ctx = Arc::new(ctx);
+    let members = Members::default();
     let result = tokio::task::spawn_blocking(move || {
         recovery::supervise(
             &stop,
-            || Loop::start(ctx.clone(), stop.clone())?.run(),
-            || recovery::look_for_twin(&ctx.config),
+            || Loop::start(ctx.clone(), stop.clone(), members.clone())?.run(),
+            || recovery::look_for_twin(&ctx.config, &members.ids()),
             |e| recovery::count_restart(&ctx, e),
         )
     })
@@ -226,6 +227,22 @@ pub async fn run(
     .map_err(|e| ProcessorError::Thread(e.to_string()))?;
     watcher.abort();
     result
+}
+
+/// The member ids this process's consumers were given, for [`recovery::look_for_twin`].
+#[derive(Clone, Default)]
+pub struct Members(Arc<std::sync::Mutex<BTreeSet<String>>>);
+
+impl Members {
+    fn note(&self, id: String) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.insert(id);
+        }
+    }
+
+    fn ids(&self) -> BTreeSet<String> {
+        self.0.lock().map(|ids| ids.clone()).unwrap_or_default()
+    }
 }
 
 fn now_millis() -> Millis {
@@ -339,6 +356,8 @@ struct Loop {
     /// Orders in memory reached `--max-orders-in-memory`: settled orders are evicted
     /// before their retention until they are back under nine tenths of it.
     pressure: bool,
+    /// Where this loop's member id is noted each time the group assigns it partitions.
+    members: Members,
     /// Since when creates and cancels are held back because memory is full.
     intake_paused: Option<Instant>,
     /// When a pause of the intake was last logged, and whether the current one was: a
@@ -351,7 +370,11 @@ struct Loop {
 impl Loop {
     /// Creates the clients and initialises transactions, retrying while Kafka is
     /// unreachable.
-    fn start(ctx: Arc<Context>, stop: Arc<AtomicBool>) -> Result<Self, ProcessorError> {
+    fn start(
+        ctx: Arc<Context>,
+        stop: Arc<AtomicBool>,
+        members: Members,
+    ) -> Result<Self, ProcessorError> {
         let topics = ctx.config.topics();
         let txn_id = ctx.config.transactional_id();
         let mut backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
@@ -452,6 +475,7 @@ impl Loop {
             idle_rounds: 0,
             rerouted_topics: HashSet::new(),
             pressure: false,
+            members,
             intake_paused: None,
             intake_logged: None,
             pause_logged: false,
@@ -744,6 +768,9 @@ impl Loop {
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {
+                    if let Some(id) = clients::member_id(&self.consumer) {
+                        self.members.note(id);
+                    }
                     // Parked stores not given back were taken over by another instance:
                     // they are stale from now on.
                     self.parked.retain(|p, _| parts.contains(p));

@@ -26,7 +26,7 @@
 //! restarts: more than [`MAX_RESTARTS`] within [`RESTART_WINDOW`] is a fault that its
 //! supervisor should see.
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
@@ -127,12 +127,13 @@ pub enum Twin {
 }
 
 /// Asks the group coordinator for the members of the processor's group. Only called once
-/// this process's own consumer is closed, so a member with its client id is another
-/// process.
-pub fn look_for_twin(config: &Config) -> Twin {
-    let own = clients::processor_client_id(config);
+/// this process's own consumer is closed; `own` holds the member ids this process's
+/// consumers were given, since a coordinator that moved may list a closed one for a
+/// session more. Any other member with this instance's client id is another process.
+pub fn look_for_twin(config: &Config, own: &BTreeSet<String>) -> Twin {
+    let client_id = clients::processor_client_id(config);
     let consumer: BaseConsumer =
-        match clients::assigned_reader(config, &format!("{own}-twin-check")).create() {
+        match clients::assigned_reader(config, &format!("{client_id}-twin-check")).create() {
             Ok(c) => c,
             Err(e) => return Twin::Unknown(e.to_string()),
         };
@@ -140,17 +141,30 @@ pub fn look_for_twin(config: &Config) -> Twin {
     for _ in 0..3 {
         match consumer.fetch_group_list(Some(&config.application_id), GROUP_LOOKUP_TIMEOUT) {
             Ok(list) => {
-                return list
+                let members = list
                     .groups()
                     .iter()
                     .flat_map(|g| g.members())
-                    .find(|m| m.client_id() == own)
-                    .map_or(Twin::Absent, |m| Twin::Present(m.id().to_string()));
+                    .map(|m| (m.id(), m.client_id()));
+                return twin_among(members, &client_id, own)
+                    .map_or(Twin::Absent, |id| Twin::Present(id.to_string()));
             }
             Err(e) => last = e.to_string(),
         }
     }
     Twin::Unknown(last)
+}
+
+/// The first of `members` (member id, client id) with `client_id` that is not one of
+/// `own`.
+fn twin_among<'a>(
+    mut members: impl Iterator<Item = (&'a str, &'a str)>,
+    client_id: &str,
+    own: &BTreeSet<String>,
+) -> Option<&'a str> {
+    members
+        .find(|(id, client)| *client == client_id && !own.contains(*id))
+        .map(|(id, _)| id)
 }
 
 /// Counts a restart in the processor's metrics, telemetry and heartbeat.
@@ -323,6 +337,27 @@ mod tests {
         let (result, runs, restarts) = supervised(vec![Err(fenced), Ok(())], Twin::Absent);
         assert!(matches!(result, Err(ProcessorError::Fenced { .. })));
         assert_eq!((runs, restarts), (1, 0));
+    }
+
+    #[test]
+    fn a_member_with_this_instance_s_client_id_is_a_twin_unless_it_was_this_process_s() {
+        let own = BTreeSet::from(["order-0-consumer-old".to_string()]);
+        let members = [
+            ("order-1-consumer-a", "order-1-consumer"),
+            ("order-0-consumer-old", "order-0-consumer"),
+        ];
+        assert_eq!(
+            twin_among(members.into_iter(), "order-0-consumer", &own),
+            None
+        );
+        let with_twin = [
+            ("order-0-consumer-old", "order-0-consumer"),
+            ("order-0-consumer-new", "order-0-consumer"),
+        ];
+        assert_eq!(
+            twin_among(with_twin.into_iter(), "order-0-consumer", &own),
+            Some("order-0-consumer-new")
+        );
     }
 
     #[test]
