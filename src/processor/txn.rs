@@ -285,3 +285,51 @@ pub(super) fn fatal(transactional_id: &str, e: KafkaError) -> ProcessorError {
         ProcessorError::Kafka(e)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::types::RDKafkaErrorCode as C;
+
+    #[test]
+    fn a_call_that_keeps_failing_retriably_gives_up_within_its_budget_as_indeterminate() {
+        let budget = Duration::from_millis(300);
+        let started = Instant::now();
+        let mut calls = 0;
+        let outcome = retrying(budget, started, |left| {
+            calls += 1;
+            assert!(left <= budget, "a call was given more than what is left");
+            Err(KafkaError::Flush(C::OperationTimedOut))
+        });
+        assert!(
+            matches!(outcome, Err(StepError::Indeterminate { .. })),
+            "{outcome:?}"
+        );
+        assert!(calls > 1, "a retriable failure is called again");
+        // Bounded by the budget, plus at most one backoff's rounding.
+        assert!(started.elapsed() < budget + Duration::from_millis(200));
+    }
+
+    #[test]
+    fn a_call_that_fails_fatally_is_not_called_again() {
+        let mut calls = 0;
+        let outcome = retrying(Duration::from_secs(5), Instant::now(), |_| {
+            calls += 1;
+            Err(KafkaError::Flush(C::ProducerFenced))
+        });
+        assert!(matches!(outcome, Err(StepError::Fatal(_))), "{outcome:?}");
+        assert_eq!(calls, 1);
+    }
+
+    #[test]
+    fn a_fence_is_told_from_other_fatal_errors() {
+        assert!(matches!(
+            fatal("order-0", KafkaError::Flush(C::ProducerFenced)),
+            ProcessorError::Fenced { .. }
+        ));
+        assert!(matches!(
+            fatal("order-0", KafkaError::Global(C::InvalidTransactionalState)),
+            ProcessorError::Kafka(_)
+        ));
+    }
+}
