@@ -110,6 +110,40 @@ impl Proc {
         }
     }
 
+    /// Waits until `n` lines of the whole log so far, the ones already looked at
+    /// included, satisfy `pred`.
+    pub async fn wait_for_count(
+        &mut self,
+        what: &str,
+        timeout: Duration,
+        n: usize,
+        pred: impl Fn(&Value) -> bool,
+    ) -> anyhow::Result<()> {
+        let until = Instant::now() + timeout;
+        loop {
+            self.unseen.extend(self.log.poll());
+            if self.log.lines.iter().filter(|v| pred(v)).count() >= n {
+                return Ok(());
+            }
+            self.check_alive()?;
+            if Instant::now() > until {
+                bail!(
+                    "{}: fewer than {n} '{what}' within {timeout:?}; end of {}:\n{}",
+                    self.name,
+                    self.log.path.display(),
+                    self.log.last_lines(15)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, as a crash or an OOM kill ends a process: nothing is drained or left.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then waits up to `within` (SIGKILL after that). Returns the exit code.
     pub async fn terminate(&mut self, within: Duration) -> Option<i32> {
         let pid = self.child.id().to_string();

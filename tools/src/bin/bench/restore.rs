@@ -1,17 +1,25 @@
 //! Restore speed from a large changelog, and memory before and after.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
+use rdkafka::consumer::{BaseConsumer, Consumer as _};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer};
+use rdkafka::message::Message as _;
+use rdkafka::producer::{
+    BaseProducer, BaseRecord, DefaultProducerContext, Producer as _, ThreadedProducer,
+};
+use rdkafka::{Offset, TopicPartitionList};
 use serde::Serialize;
 
 use order_saga::config::Config;
 use order_saga::contracts::convert;
+use order_saga::contracts::records::OrderCreate;
 use order_saga::contracts::Codec;
 use order_saga::kafka::clients;
+use order_saga::kafka::partitioner::partition_for;
 use order_saga::saga::{Millis, Policy};
 use order_saga::topics;
 use order_saga_tools::load::{now_millis, Rng};
@@ -55,6 +63,14 @@ pub struct RestoreResult {
     pub second_finished_kept: u64,
     pub second_restore_seconds: f64,
     pub second_wall_to_restored_s: f64,
+    /// Failover: the second processor (a static member) killed with SIGKILL and a new
+    /// one started at once with the same instance id, as a supervisor does; from the
+    /// kill to the first `order-status` record of a probe order on each partition, the
+    /// slowest partition. Static membership spares the group's reaction (no rebalance
+    /// within the session timeout), so this is restart, restore and the first commit.
+    pub failover_s: f64,
+    /// The same per partition, fastest first.
+    pub failover_per_partition_s: Vec<f64>,
 }
 
 pub async fn run(
@@ -111,16 +127,15 @@ pub async fn run(
             + FLAT_SLACK_MIB
             + result.orders_kept as f64 * FLAT_PER_ORDER_KIB / 1024.0;
     // The first start writes what it restored to order-state, then a marker per
-    // partition; once all are there, a restart restores from order-state alone.
-    // One wait over every line: the lines of all partitions may come in one read.
-    let complete = std::cell::Cell::new(0);
+    // partition; once all are there, a restart restores from order-state alone. A
+    // partition's marker may be logged before the restore of the last partition ends.
     processor
-        .wait_for_log("order-state complete", timeout, |v| {
-            if child::message(v) == "order-state partition complete" {
-                complete.set(complete.get() + 1);
-            }
-            complete.get() >= args.partitions
-        })
+        .wait_for_count(
+            "order-state partition complete",
+            timeout,
+            args.partitions as usize,
+            |v| child::message(v) == "order-state partition complete",
+        )
         .await?;
     // The marker's transaction commits within a commit interval of its log line.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -132,7 +147,7 @@ pub async fn run(
         &args.bin,
         "processor",
         config,
-        &["run", "--no-sink"],
+        &["run", "--no-sink", "--static-membership"],
         &[],
         log,
     )?;
@@ -146,7 +161,11 @@ pub async fn run(
     result.second_orders_kept = child::field_u64(&line, "orders").unwrap_or(0);
     result.second_finished_kept = child::field_u64(&line, "finished").unwrap_or(0);
     result.second_restore_seconds = child::field_f64(&line, "seconds").unwrap_or(0.0);
-    let _ = second.terminate(Duration::from_secs(30)).await;
+    // Let the first transactions after the restore go through before the kill.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let per_partition = failover(config, args, codec, run_id, log_dir, &mut second).await?;
+    result.failover_s = per_partition.last().copied().unwrap_or(0.0);
+    result.failover_per_partition_s = per_partition;
     println!(
         "[restore]   restart from order-state: {} records in {:.2} s ({:.2} s from start); kept {} orders and {} finished records",
         result.second_records_restored,
@@ -154,6 +173,11 @@ pub async fn run(
         result.second_wall_to_restored_s,
         result.second_orders_kept,
         result.second_finished_kept
+    );
+    println!(
+        "[restore]   failover after kill -9 (static member restarted at once): first order-status on every partition after {:.2} s (per partition {:?})",
+        result.failover_s,
+        result.failover_per_partition_s
     );
     println!(
         "[restore]   {} records in {:.2} s = {:.0} records/s; kept {} orders; RSS {:.0} MiB before, {:.0} peak, {:.0} after",
@@ -166,6 +190,109 @@ pub async fn run(
         result.rss_after_mib
     );
     Ok(result)
+}
+
+/// Kills `victim` with SIGKILL, starts a processor with the same instance id at once, and
+/// sends one probe order to each partition; returns, per partition, the seconds from the
+/// kill to the probe's first `order-status` record, sorted.
+async fn failover(
+    config: &Config,
+    args: &BenchArgs,
+    codec: &Codec,
+    run_id: &str,
+    log_dir: &Path,
+    victim: &mut Proc,
+) -> anyhow::Result<Vec<f64>> {
+    let status_topic = config.topics().name(topics::ORDER_STATUS);
+    let create_topic = config.topics().name(topics::ORDER_CREATE_REQUEST);
+    // One probe per partition, each keyed to land on its own.
+    let mut rng = Rng::new(now_millis() as u64 ^ 0xfa11);
+    let mut probes: BTreeMap<i32, (String, Vec<u8>)> = BTreeMap::new();
+    while probes.len() < args.partitions as usize {
+        let order = fixtures::order(&mut rng, run_id, now_millis());
+        let p = partition_for(order.order_id.as_bytes(), args.partitions);
+        if probes.contains_key(&p) {
+            continue;
+        }
+        let value = codec
+            .encode(topics::ORDER_CREATE_REQUEST, &OrderCreate::from(&order))
+            .await
+            .context("encoding a probe")?;
+        probes.insert(p, (order.order_id, value));
+    }
+    let reader: BaseConsumer = clients::assigned_reader(config, &format!("{run_id}-failover"))
+        .create()
+        .context("failover reader")?;
+    let mut tpl = TopicPartitionList::new();
+    for p in 0..args.partitions {
+        let (_, high) = reader
+            .fetch_watermarks(&status_topic, p, Duration::from_secs(30))
+            .context("order-status watermarks")?;
+        tpl.add_partition_offset(&status_topic, p, Offset::Offset(high))?;
+    }
+    reader.assign(&tpl).context("assigning order-status")?;
+    let producer: BaseProducer = clients::plain_producer(config, &format!("{run_id}-probes"))
+        .create()
+        .context("probe producer")?;
+
+    println!("[restore] failover: kill -9 of the processor, a new one started at once");
+    let killed = Instant::now();
+    victim.kill9();
+    let log = log_dir.join(format!("{}processor-3.log", config.topic_prefix));
+    let mut third = Proc::spawn(
+        &args.bin,
+        "processor",
+        config,
+        &["run", "--no-sink", "--static-membership"],
+        &[],
+        log,
+    )?;
+    for (p, (key, value)) in &probes {
+        producer
+            .send(
+                BaseRecord::to(&create_topic)
+                    .partition(*p)
+                    .key(key.as_str())
+                    .payload(value.as_slice()),
+            )
+            .map_err(|(e, _)| e)
+            .context("sending a probe")?;
+    }
+    producer
+        .flush(Duration::from_secs(30))
+        .context("flushing the probes")?;
+    let mut seen: BTreeMap<i32, f64> = BTreeMap::new();
+    let deadline = killed + Duration::from_secs(180);
+    while seen.len() < probes.len() {
+        if Instant::now() > deadline {
+            bail!(
+                "failover: probes of partitions {:?} got no status within 180 s",
+                probes
+                    .keys()
+                    .filter(|p| !seen.contains_key(p))
+                    .collect::<Vec<_>>()
+            );
+        }
+        third.check_alive()?;
+        match reader.poll(Duration::from_millis(20)) {
+            Some(Ok(msg)) => {
+                let p = msg.partition();
+                if probes
+                    .get(&p)
+                    .is_some_and(|(key, _)| msg.key() == Some(key.as_bytes()))
+                {
+                    seen.entry(p)
+                        .or_insert_with(|| killed.elapsed().as_secs_f64());
+                }
+            }
+            Some(Err(e)) => println!("[restore]   failover reader: {e}"),
+            None => {}
+        }
+    }
+    let _ = third.terminate(Duration::from_secs(30)).await;
+    let mut times: Vec<f64> = seen.into_values().collect();
+    times.sort_by(f64::total_cmp);
+    Ok(times)
 }
 
 /// Writes `--restore-records` order-status records with the real encoding: mostly
