@@ -377,3 +377,57 @@ fn poll_lane(lane: &mut Lane) -> Result<(), KafkaError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rdkafka::config::ClientConfig;
+    use rdkafka::message::Timestamp;
+
+    fn inputs() -> Inputs {
+        // Never connects: nothing here talks to a broker.
+        let consumer: BaseConsumer<RebalanceTracker> = ClientConfig::new()
+            .set("bootstrap.servers", "127.0.0.1:1")
+            .set("group.id", "inputs-test")
+            .create_with_context(RebalanceTracker::default())
+            .expect("consumer");
+        Inputs::new(
+            Arc::new(consumer),
+            vec!["create".into(), "result".into()],
+            Duration::from_millis(300),
+        )
+    }
+
+    fn record(topic: &str, partition: i32, offset: i64) -> OwnedMessage {
+        OwnedMessage::new(
+            Some(b"v".to_vec()),
+            Some(b"k".to_vec()),
+            topic.into(),
+            Timestamp::NotAvailable,
+            partition,
+            offset,
+            None,
+        )
+    }
+
+    #[test]
+    fn a_record_polled_with_a_rebalance_for_a_partition_not_open_is_kept_to_be_read_again() {
+        let mut inputs = inputs();
+        // The poll that reported the rebalance also returned records of partition 2,
+        // which is not open yet (its state is being restored).
+        inputs.stray(record("result", 2, 41));
+        inputs.stray(record("result", 2, 40));
+        inputs.stray(record("create", 2, 7));
+        // Not an input topic: nothing to keep.
+        inputs.stray(record("elsewhere", 2, 1));
+        // The partition is read again from the first of them once it opens.
+        assert_eq!(
+            inputs.strays,
+            Rewind::from([(("create".into(), 2), 7), (("result".into(), 2), 40)])
+        );
+        // A later rebalance starts every assigned partition from its committed offset,
+        // which is at or before any record not committed: nothing is left to seek to.
+        inputs.close_all();
+        assert!(inputs.strays.is_empty());
+    }
+}

@@ -135,7 +135,7 @@ pub enum ProcessorError {
         window_s: u64,
         last: Box<ProcessorError>,
     },
-    #[error("kafka error that cannot be recovered from: {0}")]
+    #[error("kafka error the clients cannot go on from: {0}")]
     Kafka(#[from] KafkaError),
     #[error("topics are not usable: {0}")]
     Topics(#[from] crate::kafka::admin::AdminError),

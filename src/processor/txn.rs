@@ -225,6 +225,22 @@ impl Loop {
         }
         self.consumer.unsubscribe();
     }
+
+    /// The processor error for a fatal Kafka error of the open transaction: see [`fatal`];
+    /// a fence of a transaction open past the transaction timeout is the broker's
+    /// time-out.
+    pub(super) fn fatal(&self, e: KafkaError) -> ProcessorError {
+        let open = self.txn.opened.map(|t| t.elapsed());
+        match open {
+            Some(open) if classify::is_fence(&e) && open >= self.budget() => {
+                ProcessorError::TimedOut {
+                    open_ms: open.as_millis() as u64,
+                    source: e,
+                }
+            }
+            _ => fatal(&self.ctx.config.transactional_id(), e),
+        }
+    }
 }
 
 /// Calls a transaction call while its error is classified retriable, each time with what
@@ -251,24 +267,6 @@ fn retrying(
                 std::thread::sleep(delay.min(budget.saturating_sub(started.elapsed())));
             }
             Err(e) => return Err(StepError::from(e)),
-        }
-    }
-}
-
-impl Loop {
-    /// The processor error for a fatal Kafka error of the open transaction: see [`fatal`];
-    /// a fence of a transaction open past the transaction timeout is the broker's
-    /// time-out.
-    pub(super) fn fatal(&self, e: KafkaError) -> ProcessorError {
-        let open = self.txn.opened.map(|t| t.elapsed());
-        match open {
-            Some(open) if classify::is_fence(&e) && open >= self.budget() => {
-                ProcessorError::TimedOut {
-                    open_ms: open.as_millis() as u64,
-                    source: e,
-                }
-            }
-            _ => fatal(&self.ctx.config.transactional_id(), e),
         }
     }
 }
