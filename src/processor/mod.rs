@@ -330,6 +330,8 @@ struct Loop {
     stores: BTreeMap<i32, PartitionStore>,
     /// Stores of revoked partitions, kept in case the same rebalance gives them back.
     parked: BTreeMap<i32, PartitionStore>,
+    /// Whether the group has assigned this member partitions (possibly none) yet.
+    assigned: bool,
     /// Assigned partitions whose state is not restored yet; they stay paused until it is.
     unrestored: BTreeSet<i32>,
     /// The restores under way, by partition.
@@ -463,6 +465,7 @@ impl Loop {
             stores: BTreeMap::new(),
             parked: BTreeMap::new(),
             unrestored: BTreeSet::new(),
+            assigned: false,
             restoring: BTreeMap::new(),
             restore_retry: BTreeMap::new(),
             restore_round: RestoreRound::default(),
@@ -537,7 +540,10 @@ impl Loop {
             if self.lifecycle == Lifecycle::Running && self.stop.load(Ordering::SeqCst) {
                 self.set_lifecycle(Lifecycle::Draining);
             }
-            let ready = self.lifecycle == Lifecycle::Running && self.unrestored.is_empty();
+            // Not before the group has assigned this member its partitions (even none):
+            // until then nothing is known to be restored.
+            let ready =
+                self.lifecycle == Lifecycle::Running && self.assigned && self.unrestored.is_empty();
             self.ctx.heartbeat.beat(self.lifecycle.as_str(), ready);
             let outcome = match self.lifecycle {
                 Lifecycle::Running => self.step(),
@@ -768,6 +774,7 @@ impl Loop {
                     }
                 }
                 RebalanceEvent::Assigned(parts) => {
+                    self.assigned = true;
                     if let Some(id) = clients::member_id(&self.consumer) {
                         self.members.note(id);
                     }
