@@ -4,7 +4,7 @@
 
 mod common;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::*;
 use rdkafka::mocking::MockCluster;
@@ -47,25 +47,17 @@ async fn a_commit_of_unknown_outcome_is_never_aborted_or_redone_and_a_new_produc
     let producer = producer(&config);
     produce_orders(&producer, &config, &codec, &[order(1)]).await;
 
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let unknown = loop {
-        let log = p.log_text();
-        if let Some(line) = log
-            .lines()
-            .find(|l| l.contains("the outcome of a transaction commit is unknown after"))
-        {
-            break line.to_string();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no commit of unknown outcome:\n{log}"
-        );
-        assert_eq!(
-            p.wait_exit(Duration::from_millis(200)),
-            None,
-            "exited:\n{log}"
-        );
-    };
+    const MARK: &str = "the outcome of a transaction commit is unknown after";
+    let log = p.wait_for_log(
+        "a commit of unknown outcome",
+        Duration::from_secs(90),
+        |log| log.contains(MARK),
+    );
+    let unknown = log
+        .lines()
+        .find(|l| l.contains(MARK))
+        .unwrap_or_default()
+        .to_string();
     mock.clear_request_errors(RDKafkaApiKey::EndTxn);
     let waited = field(&unknown, "unknown after ").expect("waited ms");
     assert!(
@@ -74,29 +66,18 @@ async fn a_commit_of_unknown_outcome_is_never_aborted_or_redone_and_a_new_produc
     );
 
     // The new loop commits once the coordinator answers again.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let log = p.log_text();
-        let restarted = log.find("starting over in-process");
-        let committed = restarted.is_some_and(|at| {
-            log[at..]
-                .lines()
-                .filter_map(|l| field(l, "txn_committed="))
-                .any(|n| n >= 1)
-        });
-        if committed {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the new producer committed nothing:\n{log}"
-        );
-        assert_eq!(
-            p.wait_exit(Duration::from_millis(200)),
-            None,
-            "exited:\n{log}"
-        );
-    }
+    p.wait_for_log(
+        "a commit by the new producer",
+        Duration::from_secs(90),
+        |log| {
+            log.find("starting over in-process").is_some_and(|at| {
+                log[at..]
+                    .lines()
+                    .filter_map(|l| field(l, "txn_committed="))
+                    .any(|n| n >= 1)
+            })
+        },
+    );
     let log = p.log_text();
     assert!(
         !log.contains("aborting transaction"),

@@ -538,21 +538,11 @@ async fn a_process_frozen_past_its_transaction_timeout_starts_over_in_process_an
         // Past the session timeout (10 s) and the transaction timeout (12 s).
         tokio::time::sleep(Duration::from_millis(TXN_TIMEOUT_MS + 2_000)).await;
         s.processor.signal("CONT");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while s.processor.log_text().matches("processor started").count() == starts {
-            assert!(
-                Instant::now() < deadline,
-                "no new loop within 30 s of waking (try {attempt}):\n{}",
-                s.processor.log_text()
-            );
-            assert_eq!(
-                s.processor.wait_exit(Duration::from_millis(200)),
-                None,
-                "the process exited:\n{}",
-                s.processor.log_text()
-            );
-        }
-        let log = s.processor.log_text();
+        let log = s.processor.wait_for_log(
+            &format!("a new loop after waking (try {attempt})"),
+            Duration::from_secs(30),
+            |log| log.matches("processor started").count() > starts,
+        );
         let ended = log
             .lines()
             .rfind(|l| l.contains("out of the group; this loop ends"))
@@ -713,22 +703,9 @@ async fn a_sink_that_ends_on_its_own_ends_the_process_while_the_processor_runs()
 
     // Both halves must be alive before the sink can fail: the processor has its
     // partitions, and the sink waits for PostgreSQL.
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let log = p.log_text();
-        if log.contains("state restored") && log.contains("sink waiting for PostgreSQL") {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the process did not get going:\n{log}"
-        );
-        assert_eq!(
-            p.wait_exit(Duration::from_millis(200)),
-            None,
-            "exited early:\n{log}"
-        );
-    }
+    p.wait_for_log("the processor restored and the sink waiting", WAIT, |log| {
+        log.contains("state restored") && log.contains("sink waiting for PostgreSQL")
+    });
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
         .expect("the port chosen for PostgreSQL");

@@ -214,7 +214,7 @@ pub async fn run(
         flag.store(true, Ordering::SeqCst);
     });
     let ctx = Arc::new(ctx);
-    let members = Members::default();
+    let members = recovery::Members::default();
     let result = tokio::task::spawn_blocking(move || {
         recovery::supervise(
             &stop,
@@ -227,22 +227,6 @@ pub async fn run(
     .map_err(|e| ProcessorError::Thread(e.to_string()))?;
     watcher.abort();
     result
-}
-
-/// The member ids this process's consumers were given, for [`recovery::look_for_twin`].
-#[derive(Clone, Default)]
-pub struct Members(Arc<std::sync::Mutex<BTreeSet<String>>>);
-
-impl Members {
-    fn note(&self, id: String) {
-        if let Ok(mut ids) = self.0.lock() {
-            ids.insert(id);
-        }
-    }
-
-    fn ids(&self) -> BTreeSet<String> {
-        self.0.lock().map(|ids| ids.clone()).unwrap_or_default()
-    }
 }
 
 fn now_millis() -> Millis {
@@ -359,7 +343,7 @@ struct Loop {
     /// before their retention until they are back under nine tenths of it.
     pressure: bool,
     /// Where this loop's member id is noted each time the group assigns it partitions.
-    members: Members,
+    members: recovery::Members,
     /// Since when creates and cancels are held back because memory is full.
     intake_paused: Option<Instant>,
     /// When a pause of the intake was last logged, and whether the current one was: a
@@ -375,7 +359,7 @@ impl Loop {
     fn start(
         ctx: Arc<Context>,
         stop: Arc<AtomicBool>,
-        members: Members,
+        members: recovery::Members,
     ) -> Result<Self, ProcessorError> {
         let topics = ctx.config.topics();
         let txn_id = ctx.config.transactional_id();
@@ -512,9 +496,7 @@ impl Loop {
         match result {
             Err(e)
                 if matches!(e, ProcessorError::OutOfGroup)
-                    || (frozen
-                        && (recovery::plan(&e) != recovery::Plan::Exit
-                            || matches!(e, ProcessorError::Fenced { .. }))) =>
+                    || (frozen && recovery::a_freeze_explains(&e)) =>
             {
                 // Whether a transaction was left to the broker's time-out, and for how
                 // long it had been open: what a stall did.

@@ -28,6 +28,7 @@
 
 use std::collections::{BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -81,6 +82,30 @@ pub fn plan(error: &ProcessorError) -> Plan {
         | ProcessorError::Topics(_)
         | ProcessorError::Restore { .. }
         | ProcessorError::Thread(_) => Plan::Exit,
+    }
+}
+
+/// Whether a process that stood still past its session timeout ended its loop with
+/// `error` because of the freeze, whichever call noticed it first (a commit whose time ran
+/// out, a fence): then it is out of its group, and the group must be asked before it
+/// starts over. Errors an operator must act on are not explained by a freeze.
+pub fn a_freeze_explains(error: &ProcessorError) -> bool {
+    plan(error) != Plan::Exit || matches!(error, ProcessorError::Fenced { .. })
+}
+
+/// The member ids this process's consumers were given, for [`look_for_twin`].
+#[derive(Clone, Default)]
+pub struct Members(Arc<Mutex<BTreeSet<String>>>);
+
+impl Members {
+    pub(super) fn note(&self, id: String) {
+        if let Ok(mut ids) = self.0.lock() {
+            ids.insert(id);
+        }
+    }
+
+    pub(super) fn ids(&self) -> BTreeSet<String> {
+        self.0.lock().map(|ids| ids.clone()).unwrap_or_default()
     }
 }
 

@@ -149,6 +149,32 @@ impl Proc {
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
+
+    /// Waits, while the process runs, until its log satisfies `ready`, and returns the
+    /// log then; fails naming `what` if the process exits first or `within` passes.
+    pub fn wait_for_log(
+        &mut self,
+        what: &str,
+        within: Duration,
+        ready: impl Fn(&str) -> bool,
+    ) -> String {
+        let until = Instant::now() + within;
+        loop {
+            let log = self.log_text();
+            if ready(&log) {
+                return log;
+            }
+            assert!(
+                Instant::now() < until,
+                "{what}: not within {within:?}:\n{log}"
+            );
+            assert_eq!(
+                self.wait_exit(Duration::from_millis(200)),
+                None,
+                "{what}: the process exited:\n{log}"
+            );
+        }
+    }
 }
 
 impl Drop for Proc {

@@ -89,25 +89,15 @@ impl Proc {
         timeout: Duration,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<Value> {
-        let until = Instant::now() + timeout;
-        loop {
-            self.unseen.extend(self.log.poll());
-            while let Some(v) = self.unseen.pop_front() {
+        self.wait_until(&format!("no '{what}'"), timeout, |me| {
+            while let Some(v) = me.unseen.pop_front() {
                 if pred(&v) {
-                    return Ok(v);
+                    return Some(v);
                 }
             }
-            self.check_alive()?;
-            if Instant::now() > until {
-                bail!(
-                    "{}: no '{what}' within {timeout:?}; end of {}:\n{}",
-                    self.name,
-                    self.log.path.display(),
-                    self.log.last_lines(15)
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            None
+        })
+        .await
     }
 
     /// Waits until `n` lines of the whole log so far, the ones already looked at
@@ -119,16 +109,30 @@ impl Proc {
         n: usize,
         pred: impl Fn(&Value) -> bool,
     ) -> anyhow::Result<()> {
+        self.wait_until(&format!("fewer than {n} '{what}'"), timeout, |me| {
+            (me.log.lines.iter().filter(|v| pred(v)).count() >= n).then_some(())
+        })
+        .await
+    }
+
+    /// Reads what the log has gained and asks `found`, until it answers, the process
+    /// ends or `timeout` passes (then fails with `missing` and the log's last lines).
+    async fn wait_until<T>(
+        &mut self,
+        missing: &str,
+        timeout: Duration,
+        mut found: impl FnMut(&mut Self) -> Option<T>,
+    ) -> anyhow::Result<T> {
         let until = Instant::now() + timeout;
         loop {
             self.unseen.extend(self.log.poll());
-            if self.log.lines.iter().filter(|v| pred(v)).count() >= n {
-                return Ok(());
+            if let Some(v) = found(self) {
+                return Ok(v);
             }
             self.check_alive()?;
             if Instant::now() > until {
                 bail!(
-                    "{}: fewer than {n} '{what}' within {timeout:?}; end of {}:\n{}",
+                    "{}: {missing} within {timeout:?}; end of {}:\n{}",
                     self.name,
                     self.log.path.display(),
                     self.log.last_lines(15)

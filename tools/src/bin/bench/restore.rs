@@ -141,16 +141,8 @@ pub async fn run(
     tokio::time::sleep(Duration::from_secs(2)).await;
     let _ = processor.terminate(Duration::from_secs(30)).await;
     sampler.stop();
-    let log = log_dir.join(format!("{}processor-2.log", config.topic_prefix));
     let restarted = Instant::now();
-    let mut second = Proc::spawn(
-        &args.bin,
-        "processor",
-        config,
-        &["run", "--no-sink", "--static-membership"],
-        &[],
-        log,
-    )?;
+    let mut second = static_processor(config, args, log_dir, 2)?;
     let line = second
         .wait_for_log("state restored", timeout, |v| {
             child::message(v) == "state restored"
@@ -190,6 +182,25 @@ pub async fn run(
         result.rss_after_mib
     );
     Ok(result)
+}
+
+/// Starts the `n`th processor of the phase as a static member (`processor-<n>.log`): a
+/// restart with the same instance id takes the partitions back without a rebalance.
+fn static_processor(
+    config: &Config,
+    args: &BenchArgs,
+    log_dir: &Path,
+    n: u32,
+) -> anyhow::Result<Proc> {
+    let log = log_dir.join(format!("{}processor-{n}.log", config.topic_prefix));
+    Proc::spawn(
+        &args.bin,
+        "processor",
+        config,
+        &["run", "--no-sink", "--static-membership"],
+        &[],
+        log,
+    )
 }
 
 /// Kills `victim` with SIGKILL, starts a processor with the same instance id at once, and
@@ -238,15 +249,7 @@ async fn failover(
     println!("[restore] failover: kill -9 of the processor, a new one started at once");
     let killed = Instant::now();
     victim.kill9();
-    let log = log_dir.join(format!("{}processor-3.log", config.topic_prefix));
-    let mut third = Proc::spawn(
-        &args.bin,
-        "processor",
-        config,
-        &["run", "--no-sink", "--static-membership"],
-        &[],
-        log,
-    )?;
+    let mut third = static_processor(config, args, log_dir, 3)?;
     for (p, (key, value)) in &probes {
         producer
             .send(
